@@ -1,0 +1,42 @@
+//! The report a server returns when it has stopped.
+
+use std::fmt;
+use std::time::Duration;
+
+/// What happened over a server's life, returned by `run`/`serve` once everything it started
+/// is gone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Report {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections that ended on their own.
+    pub completed: u64,
+    /// Connections the server closed at the deadline or on a forced shutdown.
+    pub forced: u64,
+    /// Handlers that panicked (their connection counts as completed or forced as well).
+    pub panicked: u64,
+    /// From the start of the drain to the last connection gone.
+    pub drain_duration: Duration,
+}
+
+impl Report {
+    /// `true` if no connection had to be forced closed.
+    pub fn is_clean(&self) -> bool {
+        self.forced == 0
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "accepted={} completed={} forced={} panicked={} drain={:.3}s",
+            self.accepted,
+            self.completed,
+            self.forced,
+            self.panicked,
+            self.drain_duration.as_secs_f64()
+        )
+    }
+}

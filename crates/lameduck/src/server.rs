@@ -1,0 +1,409 @@
+//! The tokio flavour: one accept loop over already-bound listeners, one tracked task per
+//! connection, and the lifecycle (lame duck, drain, deadline) around them.
+//!
+//! The loop takes an admission permit *before* it polls the listeners, so at the limit the
+//! listeners are not polled and new clients wait in the kernel backlog. Each accepted
+//! connection is registered with the tracker before its task is spawned. When shutdown is
+//! triggered the loop keeps serving for the lame-duck period, then closes the listeners and
+//! drains; at the drain deadline the remaining tasks are told to stop, and `serve` returns
+//! only once every task it spawned has ended.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinError, JoinSet};
+
+use crate::accept::{AcceptError, Backoff, classify};
+use crate::admission::Admission;
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::report::Report;
+use crate::shutdown::{Phase, Shutdown};
+use crate::tracker::Tracker;
+
+/// Default time the drain may take before remaining connections are closed.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long tasks get to end after they were told to stop, before they are aborted.
+const FORCE_GRACE: Duration = Duration::from_secs(1);
+
+/// A listener the tokio server can accept on: a std or a tokio `TcpListener`.
+pub trait IntoListener: sealed::Sealed {
+    /// Converts into a std listener in non-blocking mode.
+    #[doc(hidden)]
+    fn into_std_nonblocking(self) -> io::Result<std::net::TcpListener>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for std::net::TcpListener {}
+    impl Sealed for tokio::net::TcpListener {}
+}
+
+impl IntoListener for std::net::TcpListener {
+    fn into_std_nonblocking(self) -> io::Result<std::net::TcpListener> {
+        self.set_nonblocking(true)?;
+        Ok(self)
+    }
+}
+
+impl IntoListener for tokio::net::TcpListener {
+    fn into_std_nonblocking(self) -> io::Result<std::net::TcpListener> {
+        // `into_std` leaves the socket non-blocking.
+        self.into_std()
+    }
+}
+
+/// A TCP server on tokio with a connection limit, a lame-duck period and a drain deadline.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), lameduck::Error> {
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+///
+/// let listener = lameduck::listen::bind("127.0.0.1:7878".parse().unwrap())?;
+/// let report = lameduck::Server::new()
+///     .listener(listener)
+///     .max_connections(100)
+///     .serve(|mut stream: tokio::net::TcpStream, _conn| async move {
+///         let mut buf = [0; 1024];
+///         loop {
+///             let n = stream.read(&mut buf).await?;
+///             if n == 0 {
+///                 return Ok::<_, std::io::Error>(());
+///             }
+///             stream.write_all(&buf[..n]).await?;
+///         }
+///     })
+///     .await?;
+/// println!("{report}");
+/// # Ok(()) }
+/// ```
+#[must_use = "a server does nothing until `serve` is awaited"]
+pub struct Server {
+    listeners: Vec<Result<std::net::TcpListener, io::Error>>,
+    shutdown: Shutdown,
+    tracker: Tracker,
+    admission: Admission,
+    drain_timeout: Duration,
+    lame_duck: Duration,
+    nodelay: bool,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("listeners", &self.listeners.len())
+            .field("shutdown", &self.shutdown)
+            .field("max_connections", &self.admission.limit())
+            .field("drain_timeout", &self.drain_timeout)
+            .field("lame_duck", &self.lame_duck)
+            .finish()
+    }
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Server {
+    /// A server with no listener yet, no connection limit, a 30 s drain timeout and no
+    /// lame-duck period.
+    pub fn new() -> Self {
+        Server {
+            listeners: Vec::new(),
+            shutdown: Shutdown::new(),
+            tracker: Tracker::new(),
+            admission: Admission::unlimited(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            lame_duck: Duration::ZERO,
+            nodelay: true,
+        }
+    }
+
+    /// Adds an already-bound listener (std or tokio). Call it once per listener.
+    pub fn listener(mut self, listener: impl IntoListener) -> Self {
+        self.listeners.push(listener.into_std_nonblocking());
+        self
+    }
+
+    /// At most `n` connections at once; further clients wait in the kernel backlog.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.admission = Admission::new(n);
+        self
+    }
+
+    /// How long the drain may last before the remaining connections are closed.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// How long to keep accepting and serving after shutdown is triggered, while readiness
+    /// checks already fail, so load balancers can move traffic away first.
+    pub fn lame_duck(mut self, period: Duration) -> Self {
+        self.lame_duck = period;
+        self
+    }
+
+    /// Sets `TCP_NODELAY` on accepted sockets (default on).
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.nodelay = on;
+        self
+    }
+
+    /// Uses `shutdown` as this server's handle instead of a fresh one.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// The handle that triggers and observes this server's shutdown.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// The server's connection counts.
+    pub fn tracker(&self) -> Tracker {
+        self.tracker.clone()
+    }
+
+    /// The server's admission limit.
+    pub fn admission(&self) -> Admission {
+        self.admission.clone()
+    }
+
+    /// Accepts and serves until shutdown, then drains; returns once every connection task
+    /// has ended.
+    ///
+    /// `handler` runs once per connection on its own task, with the stream and its
+    /// [`Connection`] context. An `Err` it returns is logged at debug level.
+    ///
+    /// # Errors
+    /// Fails before serving anything if there is no listener or one cannot be registered
+    /// with tokio. Accept errors while serving are logged and never end the server.
+    pub async fn serve<H, Fut, E>(self, handler: H) -> Result<Report, Error>
+    where
+        H: Fn(TcpStream, Connection) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.run(move |stream, conn| {
+            let handler = Arc::clone(&handler);
+            async move {
+                if let Err(e) = handler(stream, conn.clone()).await {
+                    tracing::debug!(conn = conn.id(), peer = %conn.peer_addr(), error = %e, "connection ended with an error");
+                }
+            }
+        })
+        .await
+    }
+
+    async fn run<S, Fut>(self, spawn_one: S) -> Result<Report, Error>
+    where
+        S: Fn(TcpStream, Connection) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        if self.listeners.is_empty() {
+            return Err(Error::NoListener);
+        }
+        let mut listeners = Vec::with_capacity(self.listeners.len());
+        for listener in self.listeners {
+            let listener = listener.and_then(TcpListener::from_std).map_err(Error::Listener)?;
+            let addr = listener.local_addr().map_err(Error::Listener)?;
+            tracing::info!(%addr, "listening");
+            listeners.push((listener, addr));
+        }
+
+        let shutdown = self.shutdown;
+        let mut tasks = JoinSet::new();
+        let mut panicked = 0u64;
+
+        // Ends when accepting must stop: the lame-duck period after a trigger is over, or
+        // someone else moved the phase to draining or beyond.
+        let stop_accepting = {
+            let shutdown = shutdown.clone();
+            let lame_duck = self.lame_duck;
+            async move {
+                shutdown.reached(Phase::LameDuck).await;
+                if shutdown.phase() == Phase::LameDuck && !lame_duck.is_zero() {
+                    tracing::info!(phase = %Phase::LameDuck, period = ?lame_duck, "lame duck: not ready, still serving");
+                    tokio::select! {
+                        _ = tokio::time::sleep(lame_duck) => {}
+                        _ = shutdown.reached(Phase::Draining) => {}
+                    }
+                }
+            }
+        };
+        let mut stop_accepting = pin!(stop_accepting);
+
+        let mut backoff = Backoff::new();
+        let mut permit = None;
+        let mut next_listener = 0usize;
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut stop_accepting => break,
+                Some(result) = tasks.join_next(), if !tasks.is_empty() => {
+                    panicked += reap(result);
+                }
+                p = self.admission.acquire(), if permit.is_none() => permit = Some(p),
+                (idx, result) = accept_any(&listeners, &mut next_listener), if permit.is_some() => {
+                    match result {
+                        Ok((stream, peer)) => {
+                            backoff.reset();
+                            if self.nodelay {
+                                // Not fatal: the connection works without it.
+                                let _ = stream.set_nodelay(true);
+                            }
+                            // Registered here, before the task exists, so that counting and
+                            // waiting cannot race.
+                            let mut guard = self.tracker.track();
+                            let permit = permit.take();
+                            let conn = Connection::new(guard.id(), peer, listeners[idx].1, shutdown.clone());
+                            let work = spawn_one(stream, conn);
+                            let forced = shutdown.reached(Phase::Forced);
+                            tasks.spawn(async move {
+                                tokio::select! {
+                                    biased;
+                                    _ = work => {}
+                                    _ = forced => guard.mark_forced(),
+                                }
+                                drop(guard);
+                                drop(permit);
+                            });
+                        }
+                        Err(e) => {
+                            let kind = classify(&e);
+                            if kind == AcceptError::Connection {
+                                tracing::debug!(error = %e, "accept: connection failed before it was taken");
+                                continue;
+                            }
+                            let delay = backoff.next_delay();
+                            if kind == AcceptError::Resources {
+                                tracing::warn!(error = %e, retry_in = ?delay, active = self.tracker.active(), "accept: out of resources; backing off");
+                            } else {
+                                tracing::error!(error = %e, retry_in = ?delay, "accept failed; backing off");
+                            }
+                            // Resume early when a connection closes (a descriptor is free).
+                            let stop = tokio::select! {
+                                _ = &mut stop_accepting => true,
+                                _ = tokio::time::sleep(delay) => false,
+                                _ = self.admission.released() => false,
+                            };
+                            if stop {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        // Closing the listeners refuses new connections; only then is the phase Draining.
+        drop(listeners);
+        drop(permit);
+        let drain_start = Instant::now();
+        shutdown.begin_drain(self.drain_timeout);
+        let deadline = shutdown.deadline().unwrap_or(drain_start);
+        tracing::info!(phase = %shutdown.phase(), active = self.tracker.active(), timeout = ?self.drain_timeout, "draining: listeners closed");
+
+        let mut progress = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        let mut forced_early = pin!(shutdown.reached(Phase::Forced));
+        let mut deadline_timer = pin!(tokio::time::sleep_until(deadline.into()));
+        let clean = loop {
+            if tasks.is_empty() {
+                break true;
+            }
+            tokio::select! {
+                biased;
+                Some(result) = tasks.join_next() => panicked += reap(result),
+                _ = &mut forced_early => break false,
+                _ = &mut deadline_timer => break false,
+                _ = progress.tick() => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    tracing::info!(active = self.tracker.active(), deadline_in = ?left, "draining");
+                }
+            }
+        };
+        if !clean {
+            shutdown.force();
+            tracing::warn!(phase = %Phase::Forced, active = self.tracker.active(), "closing remaining connections");
+            let grace = tokio::time::sleep(FORCE_GRACE);
+            let mut grace = pin!(grace);
+            loop {
+                tokio::select! {
+                    biased;
+                    next = tasks.join_next() => match next {
+                        Some(result) => panicked += reap(result),
+                        None => break,
+                    },
+                    _ = &mut grace => {
+                        tracing::warn!(tasks = tasks.len(), "tasks did not stop; aborting them");
+                        tasks.abort_all();
+                        while let Some(result) = tasks.join_next().await {
+                            panicked += reap(result);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        let report = Report {
+            accepted: self.tracker.accepted(),
+            completed: self.tracker.completed(),
+            forced: self.tracker.forced(),
+            panicked,
+            drain_duration: drain_start.elapsed(),
+        };
+        shutdown.finish();
+        tracing::info!(phase = %Phase::Stopped, %report, "stopped");
+        Ok(report)
+    }
+}
+
+/// Logs a finished task's failure; returns 1 if it panicked.
+fn reap(result: Result<(), JoinError>) -> u64 {
+    match result {
+        Ok(()) => 0,
+        Err(e) if e.is_panic() => {
+            tracing::error!(error = %e, "connection handler panicked");
+            1
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Accepts from whichever listener is ready first, starting the scan after the one that
+/// accepted last, so no listener starves the others.
+///
+/// # Cancel safety
+/// Cancel safe: `poll_accept` takes a connection only when it returns it.
+fn accept_any<'a>(
+    listeners: &'a [(TcpListener, SocketAddr)],
+    next: &'a mut usize,
+) -> impl Future<Output = (usize, io::Result<(TcpStream, SocketAddr)>)> + 'a {
+    poll_fn(move |cx| {
+        let n = listeners.len();
+        for i in 0..n {
+            let idx = (*next + i) % n;
+            if let Poll::Ready(result) = listeners[idx].0.poll_accept(cx) {
+                *next = (idx + 1) % n;
+                return Poll::Ready((idx, result));
+            }
+        }
+        Poll::Pending
+    })
+}

@@ -1,0 +1,340 @@
+//! The shutdown handle: the server's lifecycle phase, how it is triggered, and the drain deadline.
+//!
+//! ```text
+//! Running ──trigger──▶ LameDuck ──period over──▶ Draining ──all done──▶ Stopped
+//!    │                                                ▲
+//!    └──────── second trigger / deadline ──▶ Forced ──┘
+//! ```
+//!
+//! A [`Shutdown`] is a cheap, cloneable handle. Any thread may [`trigger`](Shutdown::trigger)
+//! it; the server that owns it drives the later phases. Threads wait on it with blocking calls
+//! ([`wait_for`](Shutdown::wait_for)), tasks with futures ([`reached`](Shutdown::reached)),
+//! and nothing in here needs a runtime.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use event_listener::{Event, Listener};
+
+use crate::hooks::{HookRegistration, Hooks};
+
+/// Where a server is in its lifecycle. Phases only move forward, in declaration order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Accepting and serving; readiness checks pass.
+    Running,
+    /// Shutdown was requested: readiness checks fail so load balancers move traffic away,
+    /// but the server still accepts and serves for the lame-duck period.
+    LameDuck,
+    /// The listeners are closed; connections in flight finish, until the drain deadline.
+    Draining,
+    /// The deadline passed or a second trigger came: remaining connections are being closed.
+    Forced,
+    /// Every connection, task and thread the server started is gone.
+    Stopped,
+}
+
+impl Phase {
+    /// A short lower-case name, as used in logs and status documents (`"lame_duck"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::LameDuck => "lame_duck",
+            Phase::Draining => "draining",
+            Phase::Forced => "forced",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A cloneable handle to one server's lifecycle.
+///
+/// # Invariants
+/// - The phase only moves forward ([`Phase`] is ordered); each phase is entered at most once
+///   and recorded in [`history`](Shutdown::history).
+/// - A server sets [`Phase::Draining`] only after its listeners are closed, so once a
+///   waiter sees `Draining`, new connections are refused.
+/// - The deadline is set once, when draining begins.
+#[derive(Clone)]
+pub struct Shutdown {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    changed: Event,
+    hooks: Arc<Hooks>,
+}
+
+struct State {
+    phase: Phase,
+    history: Vec<(Phase, Instant)>,
+    deadline: Option<Instant>,
+}
+
+impl fmt::Debug for Shutdown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("Shutdown")
+            .field("phase", &state.phase)
+            .field("deadline", &state.deadline)
+            .finish()
+    }
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    /// A new handle in [`Phase::Running`].
+    pub fn new() -> Self {
+        Shutdown {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    phase: Phase::Running,
+                    history: vec![(Phase::Running, Instant::now())],
+                    deadline: None,
+                }),
+                changed: Event::new(),
+                hooks: Arc::new(Hooks::default()),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state half-written: every
+        // critical section writes whole fields, so a poisoned lock is still consistent.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.lock().phase
+    }
+
+    /// Every phase entered so far, with when, oldest first.
+    pub fn history(&self) -> Vec<(Phase, Instant)> {
+        self.lock().history.clone()
+    }
+
+    /// When the drain must end, once draining has begun.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.lock().deadline
+    }
+
+    /// `true` while the server accepts and passes readiness checks ([`Phase::Running`]).
+    pub fn is_running(&self) -> bool {
+        self.phase() == Phase::Running
+    }
+
+    /// `true` once draining has begun: long-lived sessions should finish up and close.
+    pub fn is_draining(&self) -> bool {
+        self.phase() >= Phase::Draining
+    }
+
+    /// Asks for a shutdown, as SIGINT or SIGTERM does.
+    ///
+    /// The first call moves [`Phase::Running`] to [`Phase::LameDuck`]; a later call, while the
+    /// server is still in lame duck or draining, moves it to [`Phase::Forced`]. Returns the
+    /// phase after the call.
+    pub fn trigger(&self) -> Phase {
+        let state = self.lock();
+        let next = match state.phase {
+            Phase::Running => Phase::LameDuck,
+            Phase::LameDuck | Phase::Draining => Phase::Forced,
+            other => return other,
+        };
+        self.advance(state, next, None)
+    }
+
+    /// Forces the shutdown: remaining connections are closed now.
+    pub fn force(&self) -> Phase {
+        let state = self.lock();
+        if state.phase >= Phase::Forced {
+            return state.phase;
+        }
+        self.advance(state, Phase::Forced, None)
+    }
+
+    /// Enters [`Phase::Draining`] with a deadline `timeout` from now. A server calls this once
+    /// its listeners are closed; it does nothing if draining has already begun.
+    pub fn begin_drain(&self, timeout: Duration) -> Phase {
+        let state = self.lock();
+        if state.phase >= Phase::Draining {
+            return state.phase;
+        }
+        let deadline = Instant::now().checked_add(timeout);
+        self.advance(state, Phase::Draining, deadline)
+    }
+
+    /// Enters [`Phase::Stopped`]. A server calls this when everything it started is gone.
+    pub fn finish(&self) -> Phase {
+        let state = self.lock();
+        if state.phase == Phase::Stopped {
+            return Phase::Stopped;
+        }
+        self.advance(state, Phase::Stopped, None)
+    }
+
+    /// Moves forward to `next` (which must be later than the current phase), then wakes
+    /// every waiter. Returns `next`.
+    fn advance(&self, mut state: MutexGuard<'_, State>, next: Phase, deadline: Option<Instant>) -> Phase {
+        debug_assert!(next > state.phase);
+        let now = Instant::now();
+        // Phases may be skipped (Running → Forced); the history records only those entered.
+        state.phase = next;
+        state.history.push((next, now));
+        if next == Phase::Draining {
+            state.deadline = deadline;
+        }
+        drop(state);
+        self.inner.changed.notify(usize::MAX);
+        self.inner.hooks.fire();
+        next
+    }
+
+    /// Blocks the calling thread until the phase is `phase` or later; returns the phase seen.
+    pub fn wait_for(&self, phase: Phase) -> Phase {
+        loop {
+            let listener = self.inner.changed.listen();
+            let now = self.phase();
+            if now >= phase {
+                return now;
+            }
+            listener.wait();
+        }
+    }
+
+    /// Like [`wait_for`](Self::wait_for) but gives up at `deadline`, returning `None`.
+    pub fn wait_for_deadline(&self, phase: Phase, deadline: Instant) -> Option<Phase> {
+        loop {
+            let listener = self.inner.changed.listen();
+            let now = self.phase();
+            if now >= phase {
+                return Some(now);
+            }
+            listener.wait_deadline(deadline)?;
+        }
+    }
+
+    /// Resolves once the phase is `phase` or later, with the phase seen.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future loses nothing.
+    pub fn reached(&self, phase: Phase) -> impl Future<Output = Phase> + Send + 'static {
+        let this = self.clone();
+        async move {
+            loop {
+                let listener = this.inner.changed.listen();
+                let now = this.phase();
+                if now >= phase {
+                    return now;
+                }
+                listener.await;
+            }
+        }
+    }
+
+    /// Resolves at the next phase change after `from`, with the new phase.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub fn changed(&self, from: Phase) -> impl Future<Output = Phase> + Send + 'static {
+        let this = self.clone();
+        async move {
+            loop {
+                let listener = this.inner.changed.listen();
+                let now = this.phase();
+                if now != from {
+                    return now;
+                }
+                listener.await;
+            }
+        }
+    }
+
+    /// Runs `callback` on the changing thread after every phase change, until the
+    /// registration is dropped. Used to wake pollers.
+    pub(crate) fn on_change(&self, callback: Arc<dyn Fn() + Send + Sync>) -> HookRegistration {
+        self.inner.hooks.register(callback)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+
+    fn phases(s: &Shutdown) -> Vec<Phase> {
+        s.history().into_iter().map(|(p, _)| p).collect()
+    }
+
+    #[test]
+    fn first_trigger_is_lame_duck_and_second_forces() {
+        let s = Shutdown::new();
+        assert!(s.is_running());
+        assert_eq!(s.trigger(), Phase::LameDuck);
+        assert!(!s.is_running() && !s.is_draining());
+        assert_eq!(s.begin_drain(Duration::from_secs(5)), Phase::Draining);
+        assert!(s.deadline().is_some());
+        assert_eq!(s.trigger(), Phase::Forced);
+        assert_eq!(s.finish(), Phase::Stopped);
+        assert_eq!(s.trigger(), Phase::Stopped);
+        assert_eq!(
+            phases(&s),
+            [Phase::Running, Phase::LameDuck, Phase::Draining, Phase::Forced, Phase::Stopped]
+        );
+    }
+
+    #[test]
+    fn phases_never_move_backwards() {
+        let s = Shutdown::new();
+        s.force();
+        assert_eq!(s.begin_drain(Duration::from_secs(1)), Phase::Forced);
+        assert_eq!(s.deadline(), None);
+        assert_eq!(phases(&s), [Phase::Running, Phase::Forced]);
+    }
+
+    #[test]
+    fn blocking_wait_wakes_on_trigger_from_another_thread() {
+        let s = Shutdown::new();
+        let t = {
+            let s = s.clone();
+            thread::spawn(move || s.wait_for(Phase::LameDuck))
+        };
+        s.trigger();
+        assert_eq!(t.join().unwrap(), Phase::LameDuck);
+    }
+
+    #[test]
+    fn blocking_wait_with_deadline_gives_up() {
+        let s = Shutdown::new();
+        let got = s.wait_for_deadline(Phase::LameDuck, Instant::now() + Duration::from_millis(20));
+        assert_eq!(got, None);
+    }
+
+    #[tokio::test]
+    async fn async_waiters_see_the_change() {
+        let s = Shutdown::new();
+        let reached = tokio::spawn(s.reached(Phase::Draining));
+        let changed = tokio::spawn(s.changed(Phase::Running));
+        s.trigger();
+        assert_eq!(changed.await.unwrap(), Phase::LameDuck);
+        s.begin_drain(Duration::from_secs(1));
+        assert_eq!(reached.await.unwrap(), Phase::Draining);
+    }
+}
