@@ -72,9 +72,15 @@ mod tests {
 
     #[test]
     fn sorts_errors() {
-        assert_eq!(classify(&io::Error::from(io::ErrorKind::ConnectionAborted)), AcceptError::Connection);
+        assert_eq!(
+            classify(&io::Error::from(io::ErrorKind::ConnectionAborted)),
+            AcceptError::Connection
+        );
         #[cfg(unix)]
-        assert_eq!(classify(&io::Error::from_raw_os_error(libc::EMFILE)), AcceptError::Resources);
+        assert_eq!(
+            classify(&io::Error::from_raw_os_error(libc::EMFILE)),
+            AcceptError::Resources
+        );
         assert_eq!(classify(&io::Error::other("boom")), AcceptError::Other);
     }
 

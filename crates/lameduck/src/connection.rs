@@ -20,7 +20,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(id: u64, peer_addr: SocketAddr, local_addr: SocketAddr, shutdown: Shutdown) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        peer_addr: SocketAddr,
+        local_addr: SocketAddr,
+        shutdown: Shutdown,
+    ) -> Self {
         Connection {
             id,
             peer_addr,

@@ -37,7 +37,9 @@ pub(crate) fn describe(err: &io::Error) -> String {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {}", describe(source)),
+            Error::Bind { addr, source } => {
+                write!(f, "cannot listen on {addr}: {}", describe(source))
+            }
             Error::Listener(e) => write!(f, "cannot use listener: {}", describe(e)),
             Error::NoListener => f.write_str("the server has no listener to accept on"),
             Error::Io(e) => write!(f, "{}", describe(e)),
@@ -65,6 +67,9 @@ mod tests {
             addr: "127.0.0.1:8080".parse().unwrap(),
             source: io::Error::from(io::ErrorKind::AddrInUse),
         };
-        assert_eq!(e.to_string(), "cannot listen on 127.0.0.1:8080: address already in use");
+        assert_eq!(
+            e.to_string(),
+            "cannot listen on 127.0.0.1:8080: address already in use"
+        );
     }
 }

@@ -19,7 +19,11 @@ pub(crate) struct Hooks {
 
 impl fmt::Debug for Hooks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let len = self.list.lock().unwrap_or_else(PoisonError::into_inner).len();
+        let len = self
+            .list
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
         f.debug_struct("Hooks").field("len", &len).finish()
     }
 }

@@ -15,7 +15,8 @@
 //!   kernel backlog instead of being accepted and dropped.
 //!
 //! On top of them, [`Server`] (feature `tokio`) is a TCP server that serves a handler per
-//! connection; [`signals`] (feature `signals`, unix) maps SIGINT/SIGTERM onto a [`Shutdown`];
+//! connection on a task, and [`blocking::Server`] one that serves it on a bounded pool of
+//! threads; [`signals`] (feature `signals`, unix) maps SIGINT/SIGTERM onto a [`Shutdown`];
 //! [`listen`] binds sockets with a high backlog.
 //!
 //! ```no_run
@@ -47,6 +48,7 @@
 
 mod accept;
 mod admission;
+pub mod blocking;
 mod connection;
 mod error;
 mod hooks;

@@ -60,11 +60,15 @@ impl ListenOptions {
     /// [`TcpListener::bind`]; servers switch it as they need.
     pub fn bind(&self, addr: SocketAddr) -> Result<TcpListener, Error> {
         let err = |source| Error::Bind { addr, source };
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(err)?;
         if self.reuse_address {
             socket.set_reuse_address(true).map_err(err)?;
         }
-        #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))))]
+        #[cfg(all(
+            unix,
+            not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+        ))]
         if self.reuse_port {
             socket.set_reuse_port(true).map_err(err)?;
         }
@@ -92,6 +96,9 @@ mod tests {
         let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = l.local_addr().unwrap();
         let err = bind(addr).unwrap_err();
-        assert_eq!(err.to_string(), format!("cannot listen on {addr}: address already in use"));
+        assert_eq!(
+            err.to_string(),
+            format!("cannot listen on {addr}: address already in use")
+        );
     }
 }

@@ -16,6 +16,9 @@ pub struct Report {
     pub forced: u64,
     /// Handlers that panicked (their connection counts as completed or forced as well).
     pub panicked: u64,
+    /// Handlers still running after the deadline and its grace, left behind (blocking
+    /// flavour: a thread stuck in something that is not I/O cannot be stopped).
+    pub stuck: u64,
     /// From the start of the drain to the last connection gone.
     pub drain_duration: Duration,
 }
@@ -23,7 +26,7 @@ pub struct Report {
 impl Report {
     /// `true` if no connection had to be forced closed.
     pub fn is_clean(&self) -> bool {
-        self.forced == 0
+        self.forced == 0 && self.stuck == 0
     }
 }
 
@@ -31,11 +34,12 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "accepted={} completed={} forced={} panicked={} drain={:.3}s",
+            "accepted={} completed={} forced={} panicked={} stuck={} drain={:.3}s",
             self.accepted,
             self.completed,
             self.forced,
             self.panicked,
+            self.stuck,
             self.drain_duration.as_secs_f64()
         )
     }

@@ -218,7 +218,9 @@ impl Server {
         }
         let mut listeners = Vec::with_capacity(self.listeners.len());
         for listener in self.listeners {
-            let listener = listener.and_then(TcpListener::from_std).map_err(Error::Listener)?;
+            let listener = listener
+                .and_then(TcpListener::from_std)
+                .map_err(Error::Listener)?;
             let addr = listener.local_addr().map_err(Error::Listener)?;
             tracing::info!(%addr, "listening");
             listeners.push((listener, addr));
@@ -366,6 +368,7 @@ impl Server {
             completed: self.tracker.completed(),
             forced: self.tracker.forced(),
             panicked,
+            stuck: 0,
             drain_duration: drain_start.elapsed(),
         };
         shutdown.finish();

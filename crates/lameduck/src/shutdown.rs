@@ -192,7 +192,12 @@ impl Shutdown {
 
     /// Moves forward to `next` (which must be later than the current phase), then wakes
     /// every waiter. Returns `next`.
-    fn advance(&self, mut state: MutexGuard<'_, State>, next: Phase, deadline: Option<Instant>) -> Phase {
+    fn advance(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        next: Phase,
+        deadline: Option<Instant>,
+    ) -> Phase {
         debug_assert!(next > state.phase);
         let now = Instant::now();
         // Phases may be skipped (Running → Forced); the history records only those entered.
@@ -296,7 +301,13 @@ mod tests {
         assert_eq!(s.trigger(), Phase::Stopped);
         assert_eq!(
             phases(&s),
-            [Phase::Running, Phase::LameDuck, Phase::Draining, Phase::Forced, Phase::Stopped]
+            [
+                Phase::Running,
+                Phase::LameDuck,
+                Phase::Draining,
+                Phase::Forced,
+                Phase::Stopped
+            ]
         );
     }
 

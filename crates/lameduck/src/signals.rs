@@ -39,7 +39,11 @@ pub fn install(shutdown: &Shutdown) -> io::Result<SignalHandler> {
         .name("lameduck-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+                let name = if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
                 let before = shutdown.phase();
                 if before >= Phase::Forced {
                     tracing::warn!(signal = name, "shutdown already forced; terminating now");
@@ -49,7 +53,9 @@ pub fn install(shutdown: &Shutdown) -> io::Result<SignalHandler> {
                 }
                 let after = shutdown.trigger();
                 match after {
-                    Phase::Forced => tracing::warn!(signal = name, "second signal: forcing shutdown"),
+                    Phase::Forced => {
+                        tracing::warn!(signal = name, "second signal: forcing shutdown")
+                    }
                     _ => tracing::info!(signal = name, "signal received: shutting down gracefully"),
                 }
             }

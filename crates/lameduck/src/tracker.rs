@@ -188,7 +188,10 @@ mod tests {
         assert!(!t.wait_idle_deadline(Instant::now() + Duration::from_millis(10)));
         drop(b);
         waiter.join().unwrap();
-        assert_eq!((t.active(), t.accepted(), t.completed(), t.forced()), (0, 2, 1, 1));
+        assert_eq!(
+            (t.active(), t.accepted(), t.completed(), t.forced()),
+            (0, 2, 1, 1)
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,600 @@
+//! The blocking flavour: an acceptor that waits on "a listener is readable OR the lifecycle
+//! changed" through one poller with a waker, and a bounded pool of worker threads.
+//!
+//! No accept timeout, no dummy self-connection, no non-blocking spin: the acceptor sleeps in
+//! the poller until a client arrives, a permit comes back, or the shutdown handle changes
+//! phase. Each connection takes a worker; the worker count is also the admission limit, so at
+//! the limit the listeners are not polled and clients wait in the kernel backlog.
+//!
+//! At the drain deadline the server shuts down (both directions) a clone it kept of every
+//! open stream, which makes blocked reads and writes return, so the workers can be joined. A
+//! handler stuck in something that is not I/O is reported and left behind after a short
+//! grace, so [`Server::run`] never blocks past the deadline plus that grace.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::accept::{AcceptError, Backoff, classify};
+use crate::admission::{Admission, Permit};
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::report::Report;
+use crate::shutdown::{Phase, Shutdown};
+use crate::tracker::{ConnectionGuard, Tracker};
+
+/// Default number of worker threads.
+pub const DEFAULT_THREADS: usize = 8;
+/// Default per-connection read and write timeout.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default drain timeout.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time handlers get to return after their sockets were shut down at the deadline.
+pub const DEFAULT_FORCE_GRACE: Duration = Duration::from_secs(1);
+
+const WAKER: Token = Token(usize::MAX);
+
+/// A blocking TCP server: one acceptor (the thread that calls [`run`](Self::run)) and a
+/// bounded pool of worker threads, with a lame-duck period and a drain deadline.
+///
+/// ```no_run
+/// use std::io::{BufRead, BufReader, Write};
+///
+/// let listener = lameduck::listen::bind("127.0.0.1:7878".parse().unwrap())?;
+/// let server = lameduck::blocking::Server::new().listener(listener).threads(4);
+/// let shutdown = server.shutdown_handle(); // trigger it from anywhere
+/// let report = server.run(|stream, _conn| {
+///     let mut writer = stream.try_clone()?;
+///     for line in BufReader::new(stream).lines() {
+///         writeln!(writer, "{}", line?)?;
+///     }
+///     Ok::<_, std::io::Error>(())
+/// })?;
+/// println!("{report}");
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "a server does nothing until `run` is called"]
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    shutdown: Shutdown,
+    tracker: Tracker,
+    threads: usize,
+    drain_timeout: Duration,
+    lame_duck: Duration,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    force_grace: Duration,
+    nodelay: bool,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("listeners", &self.listeners.len())
+            .field("threads", &self.threads)
+            .field("shutdown", &self.shutdown)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("lame_duck", &self.lame_duck)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Server {
+    /// A server with no listener yet, [`DEFAULT_THREADS`] workers, 60 s read and write
+    /// timeouts, a 30 s drain timeout and no lame-duck period.
+    pub fn new() -> Self {
+        Server {
+            listeners: Vec::new(),
+            shutdown: Shutdown::new(),
+            tracker: Tracker::new(),
+            threads: DEFAULT_THREADS,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            lame_duck: Duration::ZERO,
+            read_timeout: Some(DEFAULT_IO_TIMEOUT),
+            write_timeout: Some(DEFAULT_IO_TIMEOUT),
+            force_grace: DEFAULT_FORCE_GRACE,
+            nodelay: true,
+        }
+    }
+
+    /// Adds an already-bound listener. Call it once per listener.
+    pub fn listener(mut self, listener: TcpListener) -> Self {
+        self.listeners.push(listener);
+        self
+    }
+
+    /// The number of worker threads, which is also the most connections held at once
+    /// (at least 1).
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n.max(1);
+        self
+    }
+
+    /// Same as [`threads`](Self::threads): each connection occupies one worker.
+    pub fn max_connections(self, n: usize) -> Self {
+        self.threads(n)
+    }
+
+    /// How long the drain may last before the remaining connections are shut down.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// How long to keep accepting and serving after shutdown is triggered.
+    pub fn lame_duck(mut self, period: Duration) -> Self {
+        self.lame_duck = period;
+        self
+    }
+
+    /// Read timeout on each connection (`None`: wait forever).
+    pub fn read_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// Write timeout on each connection (`None`: wait forever).
+    pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// How long handlers get to return after the deadline shut their sockets down, before
+    /// they are reported as stuck and left behind.
+    pub fn force_grace(mut self, grace: Duration) -> Self {
+        self.force_grace = grace;
+        self
+    }
+
+    /// Sets `TCP_NODELAY` on accepted sockets (default on).
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.nodelay = on;
+        self
+    }
+
+    /// Uses `shutdown` as this server's handle instead of a fresh one.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// The handle that triggers and observes this server's shutdown.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// The server's connection counts.
+    pub fn tracker(&self) -> Tracker {
+        self.tracker.clone()
+    }
+
+    /// Accepts and serves on the calling thread until shutdown, then drains; returns once
+    /// every worker has been joined (or, past the deadline and grace, reported as stuck).
+    ///
+    /// `handler` runs on a worker thread once per connection. An `Err` it returns is logged
+    /// at debug level; a panic is caught, counted in the report and logged, and the worker
+    /// goes on serving.
+    ///
+    /// # Errors
+    /// Fails before serving anything if there is no listener, a listener cannot be
+    /// registered with the poller, or a worker thread cannot be spawned.
+    pub fn run<H, E>(self, handler: H) -> Result<Report, Error>
+    where
+        H: Fn(TcpStream, Connection) -> Result<(), E> + Send + Sync + 'static,
+        E: fmt::Display,
+    {
+        if self.listeners.is_empty() {
+            return Err(Error::NoListener);
+        }
+        let mut poll = Poll::new().map_err(Error::Io)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(Error::Io)?);
+        let mut listeners = Vec::with_capacity(self.listeners.len());
+        for (i, listener) in self.listeners.into_iter().enumerate() {
+            listener.set_nonblocking(true).map_err(Error::Listener)?;
+            let addr = listener.local_addr().map_err(Error::Listener)?;
+            let mut listener = mio::net::TcpListener::from_std(listener);
+            poll.registry()
+                .register(&mut listener, Token(i), Interest::READABLE)
+                .map_err(Error::Listener)?;
+            tracing::info!(%addr, "listening");
+            listeners.push((listener, addr));
+        }
+
+        let admission = Admission::new(self.threads);
+        let wake = {
+            let waker = Arc::clone(&waker);
+            // A failed wake means the poller is gone, and so is the acceptor.
+            Arc::new(move || drop(waker.wake()))
+        };
+        let _on_change = self.shutdown.on_change(wake.clone());
+        let _on_release = admission.on_release(wake);
+
+        let open: OpenStreams = Arc::new(Mutex::new(HashMap::new()));
+        let panicked = Arc::new(AtomicU64::new(0));
+        let pool = Pool::start(
+            self.threads,
+            Arc::new(handler),
+            Arc::clone(&open),
+            Arc::clone(&panicked),
+        )?;
+
+        let ctx = AcceptCtx {
+            shutdown: &self.shutdown,
+            tracker: &self.tracker,
+            admission: &admission,
+            open: &open,
+            pool: &pool,
+            lame_duck: self.lame_duck,
+            read_timeout: self.read_timeout,
+            write_timeout: self.write_timeout,
+            nodelay: self.nodelay,
+        };
+        ctx.accept_loop(&mut poll, &mut listeners);
+
+        // Closing the listeners refuses new connections; only then is the phase Draining.
+        for (mut listener, _) in listeners {
+            // Deregistering a socket we are about to close cannot matter if it fails.
+            let _ = poll.registry().deregister(&mut listener);
+        }
+        let drain_start = Instant::now();
+        self.shutdown.begin_drain(self.drain_timeout);
+        let deadline = self.shutdown.deadline().unwrap_or(drain_start);
+        tracing::info!(phase = %self.shutdown.phase(), active = self.tracker.active(), timeout = ?self.drain_timeout, "draining: listeners closed");
+
+        let clean = drain(&mut poll, &self.shutdown, &self.tracker, deadline);
+        if !clean {
+            self.shutdown.force();
+            let streams: Vec<TcpStream> = lock(&open).drain().map(|(_, s)| s).collect();
+            tracing::warn!(phase = %Phase::Forced, active = streams.len(), "shutting down remaining connections");
+            for stream in &streams {
+                // The peer may have closed already; either way the socket ends up shut.
+                let _ = stream.shutdown(Direction::Both);
+            }
+            drop(streams);
+            self.tracker
+                .wait_idle_deadline(Instant::now() + self.force_grace);
+        }
+        let stuck = pool.stop(Instant::now() + self.force_grace);
+        let report = Report {
+            accepted: self.tracker.accepted(),
+            completed: self.tracker.completed(),
+            forced: self.tracker.forced(),
+            panicked: panicked.load(Ordering::Relaxed),
+            stuck,
+            drain_duration: drain_start.elapsed(),
+        };
+        self.shutdown.finish();
+        tracing::info!(phase = %Phase::Stopped, %report, "stopped");
+        Ok(report)
+    }
+}
+
+type OpenStreams = Arc<Mutex<HashMap<u64, TcpStream>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps and queues behind these locks are updated in single calls that cannot panic
+    // half-way, so a poisoned lock still guards consistent data.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct AcceptCtx<'a> {
+    shutdown: &'a Shutdown,
+    tracker: &'a Tracker,
+    admission: &'a Admission,
+    open: &'a OpenStreams,
+    pool: &'a Pool,
+    lame_duck: Duration,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    nodelay: bool,
+}
+
+impl AcceptCtx<'_> {
+    /// When accepting must stop: `None` while running, the end of the lame-duck period after
+    /// a trigger, or now once someone moved the phase further.
+    fn stop_at(&self) -> Option<Instant> {
+        match self.shutdown.phase() {
+            Phase::Running => None,
+            Phase::LameDuck => {
+                let since = self
+                    .shutdown
+                    .history()
+                    .iter()
+                    .find(|(p, _)| *p == Phase::LameDuck)
+                    .map_or_else(Instant::now, |(_, at)| *at);
+                Some(since + self.lame_duck)
+            }
+            _ => Some(Instant::now()),
+        }
+    }
+
+    fn accept_loop(&self, poll: &mut Poll, listeners: &mut [(mio::net::TcpListener, SocketAddr)]) {
+        let mut events = Events::with_capacity(64);
+        // Edge-triggered readiness: a listener stays "ready" until accept says WouldBlock.
+        let mut ready = vec![true; listeners.len()];
+        let mut next = 0usize;
+        let mut permit: Option<Permit> = None;
+        let mut backoff = Backoff::new();
+        let mut backing_off_until: Option<Instant> = None;
+        let mut announced_lame_duck = false;
+        loop {
+            let now = Instant::now();
+            let stop_at = self.stop_at();
+            if let Some(at) = stop_at {
+                if at <= now {
+                    return;
+                }
+                if !announced_lame_duck {
+                    announced_lame_duck = true;
+                    tracing::info!(phase = %Phase::LameDuck, period = ?self.lame_duck, "lame duck: not ready, still serving");
+                }
+            }
+            if backing_off_until.is_some_and(|until| until <= now) {
+                backing_off_until = None;
+            }
+            if permit.is_none() {
+                permit = self.admission.try_acquire();
+            }
+            if permit.is_some() && backing_off_until.is_none() {
+                let n = listeners.len();
+                if let Some(idx) = (0..n).map(|i| (next + i) % n).find(|&i| ready[i]) {
+                    match listeners[idx].0.accept() {
+                        Ok((stream, peer)) => {
+                            backoff.reset();
+                            next = (idx + 1) % n;
+                            self.dispatch(stream, peer, listeners[idx].1, permit.take());
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready[idx] = false,
+                        Err(e) => match classify(&e) {
+                            AcceptError::Connection => {
+                                tracing::debug!(error = %e, "accept: connection failed before it was taken");
+                            }
+                            kind => {
+                                let delay = backoff.next_delay();
+                                if kind == AcceptError::Resources {
+                                    tracing::warn!(error = %e, retry_in = ?delay, active = self.tracker.active(), "accept: out of resources; backing off");
+                                } else {
+                                    tracing::error!(error = %e, retry_in = ?delay, "accept failed; backing off");
+                                }
+                                // A returned permit (a closed connection) wakes the poller
+                                // and ends the back-off early.
+                                backing_off_until = Some(now + delay);
+                            }
+                        },
+                    }
+                    continue;
+                }
+            }
+            // Nothing to do until a listener, the waker, or a timer says otherwise.
+            let timeout = [stop_at, backing_off_until]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|at| at.saturating_duration_since(now));
+            if let Err(e) = poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "poller failed; stopping the acceptor");
+                    return;
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {
+                        // A permit came back: a descriptor was freed, retry at once.
+                        backing_off_until = None;
+                    }
+                    Token(i) => ready[i] = true,
+                }
+            }
+        }
+    }
+
+    fn dispatch(
+        &self,
+        stream: mio::net::TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        permit: Option<Permit>,
+    ) {
+        let stream = TcpStream::from(stream);
+        // Registered before the worker gets it, so counting and waiting cannot race.
+        let guard = self.tracker.track();
+        let setup = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_read_timeout(self.read_timeout))
+            .and_then(|()| stream.set_write_timeout(self.write_timeout))
+            .and_then(|()| {
+                if self.nodelay {
+                    stream.set_nodelay(true)
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| stream.try_clone());
+        let kept = match setup {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::warn!(error = %e, %peer, "cannot set up accepted connection; closing it");
+                return;
+            }
+        };
+        lock(self.open).insert(guard.id(), kept);
+        let conn = Connection::new(guard.id(), peer, local, self.shutdown.clone());
+        self.pool.send(Job {
+            stream,
+            conn,
+            guard,
+            permit,
+        });
+    }
+}
+
+/// Waits for the drain to finish, logging progress each second; `false` if the deadline
+/// passed or the shutdown was forced first.
+fn drain(poll: &mut Poll, shutdown: &Shutdown, tracker: &Tracker, deadline: Instant) -> bool {
+    let mut events = Events::with_capacity(8);
+    let mut next_log = Instant::now() + Duration::from_secs(1);
+    loop {
+        if tracker.active() == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline || shutdown.phase() >= Phase::Forced {
+            return false;
+        }
+        if now >= next_log {
+            tracing::info!(active = tracker.active(), deadline_in = ?deadline - now, "draining");
+            next_log += Duration::from_secs(1);
+        }
+        // Woken by every finished connection (its permit's return) and every phase change.
+        let timeout = deadline.min(next_log).saturating_duration_since(now);
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                // Without the poller, fall back to waiting on the tracker alone.
+                return tracker.wait_idle_deadline(deadline);
+            }
+        }
+    }
+}
+
+struct Job {
+    stream: TcpStream,
+    conn: Connection,
+    guard: ConnectionGuard,
+    permit: Option<Permit>,
+}
+
+/// The worker pool: the Rust book's `ThreadPool`, with panics caught and a bounded stop.
+struct Pool {
+    sender: Option<mpsc::Sender<Job>>,
+    workers: Vec<Option<JoinHandle<()>>>,
+    done: mpsc::Receiver<usize>,
+}
+
+impl Pool {
+    fn start<H, E>(
+        threads: usize,
+        handler: Arc<H>,
+        open: OpenStreams,
+        panicked: Arc<AtomicU64>,
+    ) -> Result<Pool, Error>
+    where
+        H: Fn(TcpStream, Connection) -> Result<(), E> + Send + Sync + 'static,
+        E: fmt::Display,
+    {
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        let (done_tx, done) = mpsc::channel();
+        let mut workers = Vec::with_capacity(threads);
+        for index in 0..threads {
+            let receiver = Arc::clone(&receiver);
+            let handler = Arc::clone(&handler);
+            let open = Arc::clone(&open);
+            let panicked = Arc::clone(&panicked);
+            let done_tx = done_tx.clone();
+            let worker = thread::Builder::new()
+                .name(format!("lameduck-worker-{index}"))
+                .spawn(move || {
+                    loop {
+                        // The guard is a temporary: the lock is released as soon as a job
+                        // (or the closed channel) comes out.
+                        let job = lock(&receiver).recv();
+                        let Ok(job) = job else { break };
+                        let Job {
+                            stream,
+                            conn,
+                            guard,
+                            permit,
+                        } = job;
+                        let id = conn.id();
+                        let peer = conn.peer_addr();
+                        match catch_unwind(AssertUnwindSafe(|| handler(stream, conn))) {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::debug!(conn = id, %peer, error = %e, "connection ended with an error"),
+                            Err(_) => {
+                                // Relaxed: a statistic read after the workers are joined.
+                                panicked.fetch_add(1, Ordering::Relaxed);
+                                tracing::error!(conn = id, %peer, "connection handler panicked; the worker goes on");
+                            }
+                        }
+                        // If the deadline already took the clone, this finds nothing.
+                        let forced = lock(&open).remove(&id).is_none();
+                        let mut guard = guard;
+                        if forced {
+                            guard.mark_forced();
+                        }
+                        // Guard first, then permit: the permit's return wakes the acceptor,
+                        // which must then see this connection as done.
+                        drop(guard);
+                        drop(permit);
+                    }
+                    // The receiver may be gone if `run` already returned; nothing to tell.
+                    let _ = done_tx.send(index);
+                })
+                .map_err(Error::Io)?;
+            workers.push(Some(worker));
+        }
+        Ok(Pool {
+            sender: Some(sender),
+            workers,
+            done,
+        })
+    }
+
+    fn send(&self, job: Job) {
+        if let Some(sender) = &self.sender {
+            // Workers only stop once the sender is dropped, so a send cannot fail here.
+            let _ = sender.send(job);
+        }
+    }
+
+    /// Closes the queue and joins every worker that finishes by `deadline`; returns how many
+    /// did not (their threads are left behind, detached).
+    fn stop(mut self, deadline: Instant) -> u64 {
+        drop(self.sender.take());
+        let mut remaining = self.workers.iter().filter(|w| w.is_some()).count();
+        while remaining > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.done.recv_timeout(left) {
+                Ok(index) => {
+                    if let Some(worker) = self.workers[index].take() {
+                        // A worker's loop catches handler panics, so it cannot have panicked.
+                        let _ = worker.join();
+                    }
+                    remaining -= 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if remaining > 0 {
+            tracing::error!(
+                threads = remaining,
+                "handlers still running after the deadline and grace; leaving them behind"
+            );
+        }
+        remaining as u64
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.workers.len())
+            .finish()
+    }
+}
