@@ -424,22 +424,31 @@ impl AcceptCtx<'_> {
                 } else {
                     Ok(())
                 }
-            })
-            .and_then(|()| stream.try_clone());
-        let kept = match setup {
-            Ok(kept) => kept,
+            });
+        if let Err(e) = setup {
+            tracing::warn!(error = %e, %peer, "cannot set up accepted connection; closing it");
+            return;
+        }
+        // The clone lets the deadline shut the socket down under a blocked handler. Without
+        // it (out of descriptors right now) the connection is still served rather than
+        // dropped; its read and write timeouts then bound it instead.
+        let kept = match stream.try_clone() {
+            Ok(clone) => {
+                lock(self.open).insert(guard.id(), clone);
+                true
+            }
             Err(e) => {
-                tracing::warn!(error = %e, %peer, "cannot set up accepted connection; closing it");
-                return;
+                tracing::debug!(error = %e, %peer, "cannot keep a clone of the connection for the deadline");
+                false
             }
         };
-        lock(self.open).insert(guard.id(), kept);
         let conn = Connection::new(guard.id(), peer, local, self.shutdown.clone());
         self.pool.send(Job {
             stream,
             conn,
             guard,
             permit,
+            kept,
         });
     }
 }
@@ -477,6 +486,8 @@ struct Job {
     conn: Connection,
     guard: ConnectionGuard,
     permit: Option<Permit>,
+    /// Whether a clone of the stream is in the open-streams map.
+    kept: bool,
 }
 
 /// The worker pool: the Rust book's `ThreadPool`, with panics caught and a bounded stop.
@@ -520,6 +531,7 @@ impl Pool {
                             conn,
                             guard,
                             permit,
+                            kept,
                         } = job;
                         let id = conn.id();
                         let peer = conn.peer_addr();
@@ -533,7 +545,7 @@ impl Pool {
                             }
                         }
                         // If the deadline already took the clone, this finds nothing.
-                        let forced = lock(&open).remove(&id).is_none();
+                        let forced = kept && lock(&open).remove(&id).is_none();
                         let mut guard = guard;
                         if forced {
                             guard.mark_forced();
