@@ -69,3 +69,8 @@ pub use report::Report;
 pub use server::{DEFAULT_DRAIN_TIMEOUT, IntoListener, Server};
 pub use shutdown::{Phase, Shutdown};
 pub use tracker::{ConnectionGuard, Tracker};
+
+/// The README's examples, compiled as doc tests so they stay true.
+#[cfg(all(doctest, feature = "tokio", feature = "signals"))]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
