@@ -7,8 +7,9 @@
 //! ```
 //!
 //! `GET /` answers a small hello page, `GET /sleep` answers after five seconds, any other
-//! path 404, a malformed request 400. Connections are kept alive (HTTP/1.1) until the client
-//! closes or the server drains; a response sent while draining carries `Connection: close`.
+//! path 404, a malformed request 400. Connections are kept alive (HTTP/1.1) for up to 100
+//! requests and 5 idle seconds, since each holds a worker; a response sent while the server
+//! drains carries `Connection: close`.
 //! SIGINT/SIGTERM stop accepting at once, finish requests in flight, join the workers and
 //! exit 0; a second signal, or the drain deadline, closes what remains (exit 3).
 
@@ -37,6 +38,12 @@ const HELLO: &str = "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"
 const NOT_FOUND: &str = "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>Not found</title></head>\n<body><h1>Oops!</h1><p>Sorry, I don't know what you're asking for.</p></body>\n</html>\n";
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
+/// Requests served on one keep-alive connection before it is closed. Each connection holds a
+/// worker thread, so without a cap a few busy clients could keep every worker to themselves
+/// while others wait in the backlog.
+const MAX_REQUESTS_PER_CONNECTION: usize = 100;
+/// How long an idle keep-alive connection may hold its worker waiting for the next request.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One parsed request: what the routes need, and whether the client wants to keep going.
 struct Request {
@@ -111,7 +118,19 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Parsed>
             }
             Err(_) => return Ok(Parsed::Bad("400 Bad Request", "malformed request\n")),
         }
-        let n = stream.read(&mut chunk)?;
+        let n = match stream.read(&mut chunk) {
+            // An idle keep-alive connection that timed out between requests: close quietly.
+            Err(e)
+                if buf.is_empty()
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+            {
+                0
+            }
+            other => other?,
+        };
         if n == 0 {
             // EOF between requests is a normal close; in the middle of one it is the client
             // giving up, and there is nobody left to answer.
@@ -157,7 +176,10 @@ fn respond(
 
 fn handle(mut stream: TcpStream, conn: lameduck::Connection) -> io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
-    loop {
+    for served in 1.. {
+        if served > 1 && buf.is_empty() {
+            stream.set_read_timeout(Some(KEEP_ALIVE_TIMEOUT))?;
+        }
         let (request, head_len) = match read_request(&mut stream, &mut buf)? {
             Parsed::Request(request, head_len) => (request, head_len),
             Parsed::Closed => return Ok(()),
@@ -186,7 +208,8 @@ fn handle(mut stream: TcpStream, conn: lameduck::Connection) -> io::Result<()> {
         };
         // Checked after the work: a request that was in flight when the drain began is
         // answered, and its connection then closed.
-        let close = !request.keep_alive || conn.is_draining();
+        let close =
+            !request.keep_alive || conn.is_draining() || served >= MAX_REQUESTS_PER_CONNECTION;
         let content_type = if body.starts_with('<') {
             "text/html; charset=utf-8"
         } else {
@@ -194,9 +217,10 @@ fn handle(mut stream: TcpStream, conn: lameduck::Connection) -> io::Result<()> {
         };
         respond(&mut stream, status, content_type, body, close, head_only)?;
         if close {
-            return Ok(());
+            break;
         }
     }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -16,7 +16,7 @@ use std::fmt;
 use std::io;
 use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -216,13 +216,26 @@ impl Server {
         }
 
         let admission = Admission::new(self.threads);
-        let wake = {
+        // A failed wake means the poller is gone, and so is the acceptor: nothing to do.
+        let _on_change = self.shutdown.on_change({
             let waker = Arc::clone(&waker);
-            // A failed wake means the poller is gone, and so is the acceptor.
             Arc::new(move || drop(waker.wake()))
-        };
-        let _on_change = self.shutdown.on_change(wake.clone());
-        let _on_release = admission.on_release(wake);
+        });
+        // Returned permits wake the acceptor only while it waits for one (or for a freed
+        // descriptor, or for the drain): otherwise every closed connection would cost the
+        // acceptor a wake-up for nothing.
+        let wake_on_release = Arc::new(AtomicBool::new(false));
+        let _on_release = admission.on_release({
+            let waker = Arc::clone(&waker);
+            let wanted = Arc::clone(&wake_on_release);
+            // SeqCst: pairs with the acceptor's store-then-retry in `AcceptCtx::accept_loop`
+            // (a Dekker-style handshake), so a release is either seen by its retry or wakes it.
+            Arc::new(move || {
+                if wanted.load(Ordering::SeqCst) {
+                    drop(waker.wake());
+                }
+            })
+        });
 
         let open: OpenStreams = Arc::new(Mutex::new(HashMap::new()));
         let panicked = Arc::new(AtomicU64::new(0));
@@ -243,8 +256,10 @@ impl Server {
             read_timeout: self.read_timeout,
             write_timeout: self.write_timeout,
             nodelay: self.nodelay,
+            wake_on_release: &wake_on_release,
         };
         ctx.accept_loop(&mut poll, &mut listeners);
+        wake_on_release.store(true, Ordering::SeqCst);
 
         // Closing the listeners refuses new connections; only then is the phase Draining.
         for (mut listener, _) in listeners {
@@ -302,6 +317,7 @@ struct AcceptCtx<'a> {
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     nodelay: bool,
+    wake_on_release: &'a AtomicBool,
 }
 
 impl AcceptCtx<'_> {
@@ -377,6 +393,16 @@ impl AcceptCtx<'_> {
                             }
                         },
                     }
+                    continue;
+                }
+            }
+            let want_release = permit.is_none() || backing_off_until.is_some();
+            // SeqCst: see the release hook in `Server::run`. Store first, then retry: a
+            // permit returned in between is either taken here or wakes the poller.
+            self.wake_on_release.store(want_release, Ordering::SeqCst);
+            if permit.is_none() {
+                permit = self.admission.try_acquire();
+                if permit.is_some() {
                     continue;
                 }
             }
