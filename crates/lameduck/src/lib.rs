@@ -52,6 +52,8 @@ pub mod blocking;
 mod connection;
 mod error;
 mod hooks;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod listen;
 mod report;
 #[cfg(feature = "tokio")]
@@ -66,7 +68,7 @@ pub use connection::Connection;
 pub use error::Error;
 pub use report::Report;
 #[cfg(feature = "tokio")]
-pub use server::{DEFAULT_DRAIN_TIMEOUT, IntoListener, Server};
+pub use server::{DEFAULT_DRAIN_TIMEOUT, IntoListener, Overload, Server};
 pub use shutdown::{Phase, Shutdown};
 pub use tracker::{ConnectionGuard, Tracker};
 

@@ -94,7 +94,27 @@ pub struct Server {
     drain_timeout: Duration,
     lame_duck: Duration,
     nodelay: bool,
+    overload: Overload,
+    shed_response: Arc<[u8]>,
 }
+
+/// What the server does with a client that arrives when `max_connections` are already open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Overload {
+    /// Do not accept: the client waits in the kernel backlog until a slot frees (TCP
+    /// backpressure). The default.
+    #[default]
+    Wait,
+    /// Accept, answer at once with the shed response (for HTTP, `503` with `Retry-After`),
+    /// and close. Clients learn quickly that they should retry elsewhere.
+    Shed,
+}
+
+/// Most shed connections being answered at once; past it, extra ones are closed at once.
+const MAX_SHEDDING: usize = 256;
+/// How long a shed connection may take to receive its answer and close.
+const SHED_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -126,6 +146,8 @@ impl Server {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             lame_duck: Duration::ZERO,
             nodelay: true,
+            overload: Overload::Wait,
+            shed_response: Arc::from(&b""[..]),
         }
     }
 
@@ -157,6 +179,19 @@ impl Server {
     /// Sets `TCP_NODELAY` on accepted sockets (default on).
     pub fn nodelay(mut self, on: bool) -> Self {
         self.nodelay = on;
+        self
+    }
+
+    /// What to do with clients past `max_connections` (default [`Overload::Wait`]).
+    pub fn overload(mut self, policy: Overload) -> Self {
+        self.overload = policy;
+        self
+    }
+
+    /// The bytes written to a shed client before its connection is closed (default: none,
+    /// the connection is just closed). Only used with [`Overload::Shed`].
+    pub fn shed_response(mut self, response: impl Into<Vec<u8>>) -> Self {
+        self.shed_response = Arc::from(response.into());
         self
     }
 
@@ -192,15 +227,15 @@ impl Server {
     /// with tokio. Accept errors while serving are logged and never end the server.
     pub async fn serve<H, Fut, E>(self, handler: H) -> Result<Report, Error>
     where
-        H: Fn(TcpStream, Connection) -> Fut + Send + Sync + 'static,
+        H: Fn(TcpStream, Connection) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
-        let handler = Arc::new(handler);
         self.run(move |stream, conn| {
-            let handler = Arc::clone(&handler);
+            // The handler is called here, in the accept loop; only its future goes to the task.
+            let work = handler(stream, conn.clone());
             async move {
-                if let Err(e) = handler(stream, conn.clone()).await {
+                if let Err(e) = work.await {
                     tracing::debug!(conn = conn.id(), peer = %conn.peer_addr(), error = %e, "connection ended with an error");
                 }
             }
@@ -249,6 +284,8 @@ impl Server {
         let mut stop_accepting = pin!(stop_accepting);
 
         let mut backoff = Backoff::new();
+        let shedding = Admission::new(MAX_SHEDDING);
+        let wait_for_permit = self.overload == Overload::Wait;
         let mut permit = None;
         let mut next_listener = 0usize;
         loop {
@@ -258,11 +295,22 @@ impl Server {
                 Some(result) = tasks.join_next(), if !tasks.is_empty() => {
                     panicked += reap(result);
                 }
-                p = self.admission.acquire(), if permit.is_none() => permit = Some(p),
-                (idx, result) = accept_any(&listeners, &mut next_listener), if permit.is_some() => {
+                p = self.admission.acquire(), if permit.is_none() && wait_for_permit => permit = Some(p),
+                (idx, result) = accept_any(&listeners, &mut next_listener), if permit.is_some() || !wait_for_permit => {
                     match result {
                         Ok((stream, peer)) => {
                             backoff.reset();
+                            if permit.is_none() {
+                                permit = self.admission.try_acquire();
+                            }
+                            if permit.is_none() {
+                                self.admission.record_rejected();
+                                tracing::debug!(%peer, "at the connection limit: shedding");
+                                if let Some(slot) = shedding.try_acquire() {
+                                    tasks.spawn(shed(stream, Arc::clone(&self.shed_response), slot));
+                                }
+                                continue;
+                            }
                             if self.nodelay {
                                 // Not fatal: the connection works without it.
                                 let _ = stream.set_nodelay(true);
@@ -375,6 +423,24 @@ impl Server {
         tracing::info!(phase = %Phase::Stopped, %report, "stopped");
         Ok(report)
     }
+}
+
+/// Answers a client turned away at the limit: writes `response`, stops sending, then drains
+/// what the client sent for a moment (closing with unread data would reset the connection and
+/// could destroy the answer before the client reads it). Bounded by [`SHED_TIMEOUT`].
+async fn shed(mut stream: TcpStream, response: Arc<[u8]>, _slot: crate::admission::Permit) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = async {
+        if !response.is_empty() {
+            stream.write_all(&response).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+        }
+        Ok::<_, io::Error>(())
+    };
+    // Either outcome ends with the socket closed; a failure only means the client left.
+    let _ = tokio::time::timeout(SHED_TIMEOUT, answer).await;
 }
 
 /// Logs a finished task's failure; returns 1 if it panicked.
