@@ -541,16 +541,27 @@ impl TimedIo {
     }
 
     /// Called when a read is pending: fails once the applicable read deadline has passed.
+    ///
+    /// The timer is moved only when the deadline comes *earlier* than where it is set; when
+    /// it fires for a deadline that has since moved later (every keep-alive request moves
+    /// the idle deadline), it is set again then. That keeps timer-wheel updates off the
+    /// per-request path.
     fn poll_read_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let Some((deadline, what)) = self.state.read_deadline() else {
-            return Poll::Pending;
-        };
-        if self.read_timer_at != Some(deadline) {
-            self.read_timer.as_mut().reset(deadline.into());
-            self.read_timer_at = Some(deadline);
+        loop {
+            let Some((deadline, what)) = self.state.read_deadline() else {
+                return Poll::Pending;
+            };
+            if self.read_timer_at.is_none_or(|at| deadline < at) {
+                self.read_timer.as_mut().reset(deadline.into());
+                self.read_timer_at = Some(deadline);
+            }
+            ready!(self.read_timer.as_mut().poll(cx));
+            if Instant::now() >= deadline {
+                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what));
+            }
+            // Fired for an older, earlier deadline: set it for the current one.
+            self.read_timer_at = None;
         }
-        ready!(self.read_timer.as_mut().poll(cx));
-        Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what))
     }
 
     /// Wraps one write-side poll: a write that stays pending past the write timeout fails.

@@ -12,6 +12,7 @@
 //! and nothing in here needs a runtime.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,17 @@ pub enum Phase {
 }
 
 impl Phase {
+    fn from_u8(n: u8) -> Phase {
+        const PHASES: [Phase; 5] = [
+            Phase::Running,
+            Phase::LameDuck,
+            Phase::Draining,
+            Phase::Forced,
+            Phase::Stopped,
+        ];
+        PHASES[usize::from(n)]
+    }
+
     /// A short lower-case name, as used in logs and status documents (`"lame_duck"`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -69,6 +81,9 @@ pub struct Shutdown {
 }
 
 struct Inner {
+    /// The phase, readable without the lock (hot paths ask "draining?" per request); written
+    /// only under the `state` lock, right after `state.phase`.
+    phase: AtomicU8,
     state: Mutex<State>,
     changed: Event,
     hooks: Arc<Hooks>,
@@ -101,6 +116,7 @@ impl Shutdown {
     pub fn new() -> Self {
         Shutdown {
             inner: Arc::new(Inner {
+                phase: AtomicU8::new(Phase::Running as u8),
                 state: Mutex::new(State {
                     phase: Phase::Running,
                     history: vec![(Phase::Running, Instant::now())],
@@ -123,7 +139,9 @@ impl Shutdown {
 
     /// The current phase.
     pub fn phase(&self) -> Phase {
-        self.lock().phase
+        // Acquire: pairs with the release store in `advance`, so a waiter that sees a phase
+        // also sees the deadline and history written before it.
+        Phase::from_u8(self.inner.phase.load(Ordering::Acquire))
     }
 
     /// Every phase entered so far, with when, oldest first.
@@ -202,6 +220,7 @@ impl Shutdown {
         let now = Instant::now();
         // Phases may be skipped (Running → Forced); the history records only those entered.
         state.phase = next;
+        self.inner.phase.store(next as u8, Ordering::Release);
         state.history.push((next, now));
         if next == Phase::Draining {
             state.deadline = deadline;
