@@ -73,6 +73,6 @@ pub use shutdown::{Phase, Shutdown};
 pub use tracker::{ConnectionGuard, Tracker};
 
 /// The README's examples, compiled as doc tests so they stay true.
-#[cfg(all(doctest, feature = "tokio", feature = "signals"))]
+#[cfg(all(doctest, feature = "http", feature = "signals"))]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
