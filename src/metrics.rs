@@ -1,0 +1,175 @@
+//! Counters the admin endpoint reports, and their Prometheus text rendering.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::StatusCode;
+use lameduck::{Admission, Phase, Shutdown, Tracker};
+
+/// Responses by status class, plus what the admin endpoint reads from the server.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    /// 1xx … 5xx.
+    responses: [AtomicU64; 5],
+    started: Instant,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        Metrics {
+            responses: Default::default(),
+            started: Instant::now(),
+        }
+    }
+
+    pub(crate) fn count_response(&self, status: StatusCode) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        // Relaxed: independent counters, read for reporting only.
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+}
+
+/// The live view of one server the admin endpoint reports on.
+#[derive(Clone, Debug)]
+pub(crate) struct ServerView {
+    pub(crate) shutdown: Shutdown,
+    pub(crate) tracker: Tracker,
+    pub(crate) admission: Admission,
+    pub(crate) metrics: std::sync::Arc<Metrics>,
+}
+
+impl ServerView {
+    /// Seconds spent draining: from the start of the drain to its end, or to now.
+    pub(crate) fn drain_seconds(&self) -> f64 {
+        let history = self.shutdown.history();
+        let at = |phase: Phase| history.iter().find(|(p, _)| *p == phase).map(|(_, t)| *t);
+        match at(Phase::Draining).or(at(Phase::Forced)) {
+            Some(start) => at(Phase::Stopped)
+                .unwrap_or_else(Instant::now)
+                .duration_since(start)
+                .as_secs_f64(),
+            None => 0.0,
+        }
+    }
+
+    pub(crate) fn status_json(&self) -> String {
+        format!(
+            concat!(
+                "{{\"phase\":\"{}\",\"pid\":{},\"active_connections\":{},\"accepted_connections\":{},",
+                "\"completed_connections\":{},\"forced_connections\":{},\"rejected_connections\":{},",
+                "\"max_connections\":{},\"uptime_s\":{},\"drain_seconds\":{:.3}}}\n"
+            ),
+            self.shutdown.phase(),
+            std::process::id(),
+            self.tracker.active(),
+            self.tracker.accepted(),
+            self.tracker.completed(),
+            self.tracker.forced(),
+            self.admission.rejected(),
+            self.admission.limit(),
+            self.metrics.uptime_s(),
+            self.drain_seconds(),
+        )
+    }
+
+    pub(crate) fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        metric(
+            "lameduck_connections_active",
+            "gauge",
+            "Connections open now.",
+            &[("", self.tracker.active().to_string())],
+        );
+        metric(
+            "lameduck_connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            &[("", self.tracker.accepted().to_string())],
+        );
+        metric(
+            "lameduck_connections_rejected_total",
+            "counter",
+            "Connections shed at the connection limit.",
+            &[("", self.admission.rejected().to_string())],
+        );
+        metric(
+            "lameduck_connections_forced_total",
+            "counter",
+            "Connections cut at the drain deadline or on a forced shutdown.",
+            &[("", self.tracker.forced().to_string())],
+        );
+        metric(
+            "lameduck_connections_max",
+            "gauge",
+            "The connection limit.",
+            &[("", self.admission.limit().to_string())],
+        );
+        let classes: Vec<(String, String)> = self
+            .metrics
+            .responses
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                (
+                    format!("{{class=\"{}xx\"}}", i + 1),
+                    n.load(Ordering::Relaxed).to_string(),
+                )
+            })
+            .collect();
+        let classes: Vec<(&str, String)> = classes
+            .iter()
+            .map(|(l, v)| (l.as_str(), v.clone()))
+            .collect();
+        metric(
+            "lameduck_requests_total",
+            "counter",
+            "Responses sent, by status class.",
+            &classes,
+        );
+        metric(
+            "lameduck_drain_seconds",
+            "gauge",
+            "Time spent draining so far (0 before the drain).",
+            &[("", format!("{:.3}", self.drain_seconds()))],
+        );
+        let phase = self.shutdown.phase();
+        let phases: Vec<(String, String)> =
+            ["running", "lame_duck", "draining", "forced", "stopped"]
+                .iter()
+                .map(|p| {
+                    (
+                        format!("{{phase=\"{p}\"}}"),
+                        u8::from(phase.as_str() == *p).to_string(),
+                    )
+                })
+                .collect();
+        let phases: Vec<(&str, String)> = phases
+            .iter()
+            .map(|(l, v)| (l.as_str(), v.clone()))
+            .collect();
+        metric(
+            "lameduck_phase",
+            "gauge",
+            "1 for the lifecycle phase the server is in.",
+            &phases,
+        );
+        metric(
+            "lameduck_uptime_seconds",
+            "gauge",
+            "Seconds since the process started.",
+            &[("", self.metrics.uptime_s().to_string())],
+        );
+        out
+    }
+}
