@@ -1,0 +1,501 @@
+//! `lameduck serve`, tested by running the built binary over real sockets and sending it real
+//! signals.
+#![cfg(unix)]
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use util::{Lameduck, TempDir, WAIT, get, raw_request, request, run_to_end};
+
+const SIGTERM: i32 = libc::SIGTERM;
+
+/// Deterministic, incompressible-looking content.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn serves_the_built_in_page_without_a_directory() {
+    let server = Lameduck::serve(&[], false);
+    let resp = server.get("/");
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(resp.text().contains("lameduck"));
+    assert_eq!(server.get("/elsewhere").status, 404);
+}
+
+#[test]
+fn slow_download_in_flight_at_sigterm_completes_byte_for_byte_and_exit_is_0() {
+    let site = TempDir::new("download");
+    let content = pattern(8 * 1024 * 1024);
+    site.write("big.bin", &content);
+    let mut server = Lameduck::serve(&[site.arg(), "--drain-timeout", "30s"], true);
+
+    // A small receive buffer, read slowly: the server is still writing when SIGTERM comes.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket.connect_timeout(&server.addr.into(), WAIT).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut received = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let n = stream.read(&mut chunk).unwrap();
+    received.extend_from_slice(&chunk[..n]);
+
+    server.signal(SIGTERM);
+    server.wait_phase("draining");
+    let status = server.admin_get("/status").text();
+    assert!(status.contains("\"active_connections\":1"), "{status}");
+    let refused = std::net::TcpStream::connect_timeout(&server.addr, WAIT);
+    assert!(refused.is_err(), "a connect after SIGTERM was accepted");
+
+    let end = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < end, "download did not finish");
+        let n = stream.read(&mut chunk).unwrap();
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&chunk[..n]);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&received[..head_end]).to_ascii_lowercase();
+    // The head went out before the signal; the connection is closed once the body is done.
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        received[head_end..] == content[..],
+        "body differs from the file"
+    );
+    let exit = server.wait_exit();
+    assert_eq!(exit.code(), Some(0));
+    let log = server.drain_log();
+    let last = log.last().unwrap();
+    assert!(
+        last.contains("lameduck stopped") && last.contains("forced=0"),
+        "{last}"
+    );
+}
+
+#[test]
+fn second_sigterm_forces_and_exit_code_says_so() {
+    let site = TempDir::new("force");
+    site.write("big.bin", &pattern(8 * 1024 * 1024));
+    let mut server = Lameduck::serve(&[site.arg(), "--drain-timeout", "1h"], true);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    socket.connect_timeout(&server.addr.into(), WAIT).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    stream
+        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 1024];
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = stream.read(&mut first).unwrap();
+    server.signal(SIGTERM);
+    server.wait_phase("draining");
+    server.signal(SIGTERM);
+    let exit = server.wait_exit();
+    assert_eq!(exit.code(), Some(3), "a forced drain must not exit 0");
+}
+
+#[test]
+fn path_escapes_never_return_content_from_outside() {
+    let base = TempDir::new("escape");
+    base.write("secret.txt", b"TOP SECRET outside the root");
+    base.write("root/index.html", b"inside");
+    base.write("root/sub/page.txt", b"sub page");
+    base.write("root/.env", b"TOP SECRET dotfile");
+    std::os::unix::fs::symlink(
+        base.path().join("secret.txt"),
+        base.path().join("root/link"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(base.path(), base.path().join("root/dirlink")).unwrap();
+    let root = base.path().join("root");
+    let server = Lameduck::serve(&[root.to_str().unwrap()], false);
+    let attempts: &[&[u8]] = &[
+        b"GET /../secret.txt HTTP/1.1\r\n",
+        b"GET /sub/../../secret.txt HTTP/1.1\r\n",
+        b"GET /./../secret.txt HTTP/1.1\r\n",
+        b"GET /%2e%2e/secret.txt HTTP/1.1\r\n",
+        b"GET /%2E%2E/secret.txt HTTP/1.1\r\n",
+        b"GET /.%2e/secret.txt HTTP/1.1\r\n",
+        b"GET /%2e%2e%2fsecret.txt HTTP/1.1\r\n",
+        b"GET /..%2fsecret.txt HTTP/1.1\r\n",
+        b"GET /sub%2f..%2f..%2fsecret.txt HTTP/1.1\r\n",
+        b"GET /..%5csecret.txt HTTP/1.1\r\n",
+        b"GET /sub\\..\\..\\secret.txt HTTP/1.1\r\n",
+        b"GET /%252e%252e/secret.txt HTTP/1.1\r\n",
+        b"GET /%252e%252e%252fsecret.txt HTTP/1.1\r\n",
+        b"GET /%c0%ae%c0%ae/secret.txt HTTP/1.1\r\n",
+        b"GET /secret.txt%00.html HTTP/1.1\r\n",
+        b"GET /%00/../secret.txt HTTP/1.1\r\n",
+        b"GET //../secret.txt HTTP/1.1\r\n",
+        b"GET /link HTTP/1.1\r\n",
+        b"GET /dirlink/secret.txt HTTP/1.1\r\n",
+        b"GET /.env HTTP/1.1\r\n",
+        b"GET /%2eenv HTTP/1.1\r\n",
+        b"GET http://test/../secret.txt HTTP/1.1\r\n",
+    ];
+    for attempt in attempts {
+        let mut req = attempt.to_vec();
+        req.extend_from_slice(b"Host: test\r\nConnection: close\r\n\r\n");
+        let mut s = util::connect(server.addr);
+        s.write_all(&req).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            !text.contains("TOP SECRET"),
+            "{:?} leaked: {text}",
+            String::from_utf8_lossy(attempt)
+        );
+        assert!(
+            !text.starts_with("HTTP/1.1 200"),
+            "{:?} answered 200: {text}",
+            String::from_utf8_lossy(attempt)
+        );
+    }
+    // The server is unharmed and still serves what is inside.
+    assert_eq!(server.get("/sub/page.txt").text(), "sub page");
+    assert_eq!(server.get("/").text(), "inside");
+}
+
+#[test]
+fn dotfiles_are_served_only_when_asked() {
+    let site = TempDir::new("dotfiles");
+    site.write(".well-known/hello.txt", b"hi");
+    let server = Lameduck::serve(&[site.arg(), "--dotfiles"], false);
+    assert_eq!(server.get("/.well-known/hello.txt").text(), "hi");
+}
+
+#[test]
+fn conditional_and_range_requests() {
+    let site = TempDir::new("conditional");
+    let content = pattern(10_000);
+    site.write("data.bin", &content);
+    site.write("style.css", b"body { color: red }\n");
+    site.write("app.js", b"console.log('plain')\n");
+    site.write("app.js.gz", b"pretend-gzip-bytes");
+    site.write("docs/index.html", b"docs index");
+    site.write("empty/file.txt", b"x");
+    let server = Lameduck::serve(&[site.arg()], false);
+    let addr = server.addr;
+
+    let full = get(addr, "/data.bin", &[]);
+    assert_eq!(full.status, 200);
+    assert_eq!(full.body, content);
+    assert_eq!(full.header("content-length"), Some("10000"));
+    assert_eq!(full.header("accept-ranges"), Some("bytes"));
+    assert_eq!(
+        full.header("content-type"),
+        Some("application/octet-stream")
+    );
+    let etag = full.header("etag").expect("etag").to_owned();
+    let last_modified = full
+        .header("last-modified")
+        .expect("last-modified")
+        .to_owned();
+    assert_eq!(
+        get(addr, "/style.css", &[]).header("content-type"),
+        Some("text/css; charset=utf-8")
+    );
+
+    let head = request(addr, "HEAD", "/data.bin", &[]);
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("10000"))
+    );
+    assert!(head.body.is_empty());
+
+    let cached = get(addr, "/data.bin", &[("If-None-Match", &etag)]);
+    assert_eq!(cached.status, 304);
+    assert!(cached.body.is_empty());
+    assert_eq!(
+        get(addr, "/data.bin", &[("If-None-Match", "\"other\"")]).status,
+        200
+    );
+    assert_eq!(
+        get(addr, "/data.bin", &[("If-Modified-Since", &last_modified)]).status,
+        304
+    );
+    assert_eq!(
+        get(
+            addr,
+            "/data.bin",
+            &[("If-Modified-Since", "Thu, 01 Jan 1970 00:00:00 GMT")]
+        )
+        .status,
+        200
+    );
+
+    let part = get(addr, "/data.bin", &[("Range", "bytes=100-199")]);
+    assert_eq!(part.status, 206);
+    assert_eq!(part.header("content-range"), Some("bytes 100-199/10000"));
+    assert_eq!(part.body, content[100..200]);
+    let tail = get(addr, "/data.bin", &[("Range", "bytes=-10")]);
+    assert_eq!((tail.status, &tail.body[..]), (206, &content[9990..]));
+    let open = get(addr, "/data.bin", &[("Range", "bytes=9995-")]);
+    assert_eq!(open.body, content[9995..]);
+    let bad = get(addr, "/data.bin", &[("Range", "bytes=20000-")]);
+    assert_eq!(bad.status, 416);
+    assert_eq!(bad.header("content-range"), Some("bytes */10000"));
+    let stale = get(
+        addr,
+        "/data.bin",
+        &[("Range", "bytes=0-9"), ("If-Range", "\"stale\"")],
+    );
+    assert_eq!(
+        stale.status, 200,
+        "If-Range with a stale tag gets the whole file"
+    );
+    let fresh = get(
+        addr,
+        "/data.bin",
+        &[("Range", "bytes=0-9"), ("If-Range", &etag)],
+    );
+    assert_eq!(fresh.status, 206);
+
+    let gz = get(addr, "/app.js", &[("Accept-Encoding", "gzip, br")]);
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        gz.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert_eq!(gz.body, b"pretend-gzip-bytes");
+    let plain = get(addr, "/app.js", &[]);
+    assert_eq!(plain.header("content-encoding"), None);
+    assert_eq!(plain.body, b"console.log('plain')\n");
+
+    let dir = get(addr, "/docs", &[]);
+    assert_eq!((dir.status, dir.header("location")), (301, Some("/docs/")));
+    assert_eq!(get(addr, "/docs/", &[]).text(), "docs index");
+    assert_eq!(
+        get(addr, "/empty/", &[]).status,
+        404,
+        "no listing unless --list-dirs"
+    );
+    assert_eq!(request(addr, "POST", "/data.bin", &[]).status, 405);
+}
+
+#[test]
+fn directory_listing_when_enabled() {
+    let site = TempDir::new("listing");
+    site.write("files/a <b>.txt", b"a");
+    site.write("files/sub/c.txt", b"c");
+    site.write("files/.hidden", b"h");
+    let server = Lameduck::serve(&[site.arg(), "--list-dirs"], false);
+    let page = server.get("/files/").text();
+    assert!(page.contains("a &lt;b&gt;.txt"), "{page}");
+    assert!(page.contains("href=\"a%20%3Cb%3E.txt\""), "{page}");
+    assert!(page.contains("sub/"));
+    assert!(!page.contains(".hidden"));
+}
+
+#[test]
+fn admin_endpoints_and_lame_duck() {
+    let mut server = Lameduck::serve(&["--lame-duck", "2s", "--max-connections", "77"], true);
+    assert_eq!(server.admin_get("/live").status, 200);
+    assert_eq!(server.admin_get("/ready").status, 200);
+    assert_eq!(server.get("/").status, 200);
+    let status = server.admin_get("/status");
+    assert_eq!(status.header("content-type"), Some("application/json"));
+    let json = status.text();
+    for field in [
+        "\"phase\":\"running\"",
+        "\"pid\":",
+        "\"active_connections\":",
+        "\"accepted_connections\":",
+        "\"max_connections\":77",
+        "\"uptime_s\":",
+    ] {
+        assert!(json.contains(field), "{field} missing from {json}");
+    }
+    assert!(json.contains(&format!("\"pid\":{}", server.child.id())));
+    let metrics = server.admin_get("/metrics").text();
+    for series in [
+        "lameduck_connections_active ",
+        "lameduck_connections_accepted_total ",
+        "lameduck_connections_rejected_total ",
+        "lameduck_connections_forced_total ",
+        "lameduck_requests_total{class=\"2xx\"} ",
+        "lameduck_drain_seconds ",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from\n{metrics}");
+    }
+    assert!(
+        metrics.contains("lameduck_requests_total{class=\"2xx\"} 1"),
+        "{metrics}"
+    );
+
+    server.signal(SIGTERM);
+    // Lame duck: /ready fails at once, but the server still accepts and serves.
+    server.wait_phase("lame_duck");
+    assert_eq!(server.admin_get("/ready").status, 503);
+    assert_eq!(server.admin_get("/live").status, 200);
+    assert_eq!(server.get("/").status, 200);
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn shed_policy_answers_503() {
+    let server = Lameduck::serve(&["--max-connections", "1", "--overload", "shed"], true);
+    // Hold the only slot with an idle keep-alive connection.
+    let mut holder = util::connect(server.addr);
+    holder
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let _ = holder.read(&mut buf).unwrap();
+    let shed = server.get("/");
+    assert_eq!(shed.status, 503);
+    assert_eq!(shed.header("retry-after"), Some("1"));
+    let metrics = server.admin_get("/metrics").text();
+    assert!(
+        metrics.contains("lameduck_connections_rejected_total 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn malformed_request_gets_400_and_the_server_carries_on() {
+    let server = Lameduck::serve(&[], false);
+    let resp = raw_request(server.addr, b"\x16\x03\x01garbage\r\n\r\n");
+    assert_eq!(resp.status, 400);
+    assert_eq!(server.get("/").status, 200);
+}
+
+#[test]
+fn port_in_use_is_one_clear_line_and_exit_1() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, stderr) = run_to_end(&["serve", "--listen", &addr]);
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        stderr.trim(),
+        format!("lameduck: cannot listen on {addr}: address already in use")
+    );
+}
+
+#[test]
+fn missing_directory_is_one_clear_line_and_exit_1() {
+    let (status, stderr) = run_to_end(&[
+        "serve",
+        "/nonexistent/lameduck-site",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        stderr.trim(),
+        "lameduck: cannot serve /nonexistent/lameduck-site: no such directory"
+    );
+}
+
+#[test]
+fn bad_duration_and_bad_config_are_one_line_and_exit_1() {
+    let (status, stderr) = run_to_end(&["serve", "--drain-timeout", "soon"]);
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--drain-timeout"), "{stderr}");
+
+    let dir = TempDir::new("badconfig");
+    let file = dir.write("lameduck.toml", b"drain-timeout = 5\n");
+    let (status, stderr) = run_to_end(&["serve", "--config", file.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("lameduck: cannot read config"),
+        "{stderr}"
+    );
+
+    let (status, stderr) = run_to_end(&["serve", "--config", "/nonexistent/lameduck.toml"]);
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        stderr.trim(),
+        "lameduck: cannot read config /nonexistent/lameduck.toml: no such file or directory"
+    );
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
+}
+
+#[test]
+fn config_file_sets_flags_and_flags_win() {
+    let dir = TempDir::new("config");
+    dir.write("site/hello.txt", b"from the config's dir");
+    let conf = format!(
+        "dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nmax-connections = 5\nlame-duck = \"0s\"\n",
+        dir.path().join("site").display()
+    );
+    let file = dir.write("lameduck.toml", conf.as_bytes());
+    let server = Lameduck::serve(
+        &["--config", file.to_str().unwrap(), "--max-connections", "9"],
+        true,
+    );
+    assert_eq!(server.get("/hello.txt").text(), "from the config's dir");
+    assert!(
+        server
+            .admin_get("/status")
+            .text()
+            .contains("\"max_connections\":9")
+    );
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    let (status, _) = run_to_end(&["--version"]);
+    assert_eq!(status.code(), Some(0));
+    let out = std::process::Command::new(util::bin())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--max-connections",
+        "--overload",
+        "--drain-timeout",
+        "--lame-duck",
+        "--header-timeout",
+        "--idle-timeout",
+        "--admin",
+        "--log-format",
+        "--log-level",
+        "--config",
+        "--list-dirs",
+        "--dotfiles",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut server = Lameduck::serve(&["--log-format", "json"], false);
+    server.signal(SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    let log = server.drain_log();
+    assert!(log.len() >= 3);
+    for line in &log {
+        assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    }
+    assert!(log.last().unwrap().contains("lameduck stopped"));
+}

@@ -1,0 +1,313 @@
+//! Helpers for tests that run the built `lameduck` binary: start it, find its addresses in its
+//! log, talk HTTP to it over raw sockets, signal it, and never leave it running.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Bound on every wait; reaching it fails the test.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A running `lameduck` process; killed on drop.
+pub struct Lameduck {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    lines: mpsc::Receiver<String>,
+    pub log: Vec<String>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lameduck")
+}
+
+/// Runs `lameduck ARGS` to completion (bounded); returns its exit status and stderr.
+pub fn run_to_end(args: &[&str]) -> (ExitStatus, String) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lameduck");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = wait_exit(&mut child, WAIT).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("lameduck {args:?} did not exit");
+    });
+    (status, reader.join().unwrap())
+}
+
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Lameduck {
+    /// Starts `lameduck serve ARGS --listen 127.0.0.1:0` (plus `--admin 127.0.0.1:0` when
+    /// `admin`), and waits until it says where it listens.
+    pub fn serve(args: &[&str], admin: bool) -> Lameduck {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        if admin {
+            all.extend(["--admin", "127.0.0.1:0"]);
+        }
+        all.extend_from_slice(args);
+        let mut child = Command::new(bin())
+            .args(&all)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lameduck");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut me = Lameduck {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            admin: None,
+            lines,
+            log: Vec::new(),
+        };
+        let serving = me.wait_log("serving");
+        me.addr = field_addr(&serving);
+        if admin {
+            let line = me.wait_log("admin endpoint");
+            me.admin = Some(field_addr(&line));
+        }
+        me
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    pub fn wait_log(&mut self, needle: &str) -> String {
+        if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let end = Instant::now() + WAIT;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "lameduck never logged {needle:?}; log so far:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Everything logged until the process closed its stderr.
+    pub fn drain_log(&mut self) -> Vec<String> {
+        while let Ok(line) = self.lines.recv_timeout(WAIT) {
+            self.log.push(line);
+        }
+        self.log.clone()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        send_signal(self.child.id(), signal);
+    }
+
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        wait_exit(&mut self.child, WAIT).expect("lameduck did not exit in time")
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        get(self.addr, path, &[])
+    }
+
+    pub fn admin_get(&self, path: &str) -> Resp {
+        get(self.admin.expect("started with --admin"), path, &[])
+    }
+
+    /// Polls the admin `/status` until its phase is `phase`.
+    pub fn wait_phase(&self, phase: &str) {
+        let needle = format!("\"phase\":\"{phase}\"");
+        let end = Instant::now() + WAIT;
+        loop {
+            let status = self.admin_get("/status");
+            if String::from_utf8_lossy(&status.body).contains(&needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "phase {phase} never reached: {}",
+                String::from_utf8_lossy(&status.body)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Lameduck {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[allow(unsafe_code)]
+pub fn send_signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill failed: {}", std::io::Error::last_os_error());
+}
+
+/// The `addr` field of a text (`addr=…`) or JSON (`"addr":"…"`) log line.
+fn field_addr(line: &str) -> SocketAddr {
+    let start = line
+        .find("addr=")
+        .map(|i| i + 5)
+        .or_else(|| line.find("\"addr\":\"").map(|i| i + 8))
+        .unwrap_or_else(|| panic!("no addr in {line:?}"));
+    let rest = &line[start..];
+    let end = rest.find([' ', '"']).unwrap_or(rest.len());
+    rest[..end]
+        .trim_matches('"')
+        .parse()
+        .unwrap_or_else(|_| panic!("bad address in {line:?}"))
+}
+
+/// One HTTP/1.1 response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// Sends `raw` (a whole request, bytes as they are) and reads the response to EOF.
+pub fn raw_request(addr: SocketAddr, raw: &[u8]) -> Resp {
+    let mut s = connect(addr);
+    s.write_all(raw).expect("send");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse(&buf, raw.starts_with(b"HEAD"))
+}
+
+/// `GET path` with `Connection: close` and extra headers.
+pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+    request(addr, "GET", path, headers)
+}
+
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    raw_request(addr, req.as_bytes())
+}
+
+pub fn parse(buf: &[u8], head_only: bool) -> Resp {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        other => panic!(
+            "no complete response ({other:?}): {:?}",
+            String::from_utf8_lossy(buf)
+        ),
+    };
+    let headers: Vec<(String, String)> = resp
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    Resp {
+        status: resp.code.unwrap(),
+        headers,
+        body: if head_only {
+            Vec::new()
+        } else {
+            buf[head..].to_vec()
+        },
+    }
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("lameduck-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, rel: &str, content: &[u8]) -> PathBuf {
+        let p = self.0.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+
+    pub fn arg(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
