@@ -114,6 +114,37 @@ fn init_logging(settings: &Settings) -> Result<(), String> {
         .map_err(|e| format!("cannot set up logging: {e}"))
 }
 
+/// Raises the soft limit on open files to the hard limit, as a server holding thousands of
+/// connections needs (the usual soft default is 1024). Failure only means a lower ceiling;
+/// running out is then handled by backing off, and logged.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own, which lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur >= lim.rlim_max
+    {
+        return;
+    }
+    let before = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit only reads the struct we pass, which lives across the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+        tracing::debug!(
+            from = before,
+            to = lim.rlim_cur,
+            "raised the open-files limit"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_fd_limit() {}
+
 fn serve(args: ServeArgs) -> Result<lameduck::Report, Box<dyn std::error::Error>> {
     let settings = Settings::resolve(args)?;
     let files = Files::new(
@@ -134,6 +165,7 @@ fn serve(args: ServeArgs) -> Result<lameduck::Report, Box<dyn std::error::Error>
         }
     })?;
     init_logging(&settings)?;
+    raise_fd_limit();
 
     let mut listeners = Vec::with_capacity(settings.listen.len());
     for addr in &settings.listen {

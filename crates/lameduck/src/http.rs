@@ -231,6 +231,9 @@ where
         builder
             .http1()
             .timer(TokioTimer::new())
+            // Our own header and idle timeouts (in `TimedIo`) replace hyper's header timer,
+            // which would otherwise also close idle keep-alive connections after 30 s.
+            .header_read_timeout(None)
             .max_buf_size(self.max_header_size);
         builder.http2().timer(TokioTimer::new());
         let shared = Arc::new(Shared {
@@ -321,8 +324,8 @@ where
     let mut connection = pin!(shared.builder.serve_connection_with_upgrades(io, service));
     let mut draining = pin!(conn.draining());
     let mut drain_seen = false;
-    let mut grace: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::ZERO));
-    let mut grace_running = false;
+    // Created only when the drain starts: an idle connection should cost as little as possible.
+    let mut grace: Option<Pin<Box<Sleep>>> = None;
     loop {
         tokio::select! {
             result = connection.as_mut() => return result,
@@ -334,12 +337,11 @@ where
                 } else {
                     // An idle HTTP/1 client may be sending its next request right now: give
                     // it a moment (answered with `Connection: close`) before closing.
-                    grace.as_mut().reset(tokio::time::Instant::now() + shared.keep_alive_grace);
-                    grace_running = true;
+                    grace = Some(Box::pin(tokio::time::sleep(shared.keep_alive_grace)));
                 }
             }
-            _ = grace.as_mut(), if grace_running => {
-                grace_running = false;
+            _ = async { grace.as_mut().expect("guarded by is_some").await }, if grace.is_some() => {
+                grace = None;
                 connection.as_mut().graceful_shutdown();
             }
         }
@@ -358,6 +360,9 @@ struct ConnState {
     idle_since_ms: AtomicU64,
     /// The connection speaks HTTP/2 (no header timeout between streams).
     is_h2: AtomicBool,
+    /// The reader parked with no deadline while requests were in flight; woken when the last
+    /// one finishes, so that it arms the idle deadline.
+    parked_reader: std::sync::Mutex<Option<std::task::Waker>>,
     timeouts: Timeouts,
 }
 
@@ -372,6 +377,7 @@ impl ConnState {
             head_started_ms: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
             is_h2: AtomicBool::new(false),
+            parked_reader: std::sync::Mutex::new(None),
             timeouts,
         }
     }
@@ -380,9 +386,10 @@ impl ConnState {
         self.start.elapsed().as_millis() as u64
     }
 
-    // All the fields are touched only by this connection's task (the I/O and the service run
-    // inside the same hyper connection future, and response bodies are polled by it too), so
-    // Relaxed suffices; atomics are used because the types must be Sync.
+    // Relaxed throughout: each field is a self-contained value. On HTTP/1 everything runs in
+    // the connection's task; on HTTP/2 response bodies are polled on stream tasks, where a
+    // momentarily stale value only shifts a timeout by that moment. The parked-reader mutex
+    // orders the one wake-up that matters.
 
     /// Bytes arrived: if the connection was idle, a new request head has started.
     fn on_read(&self) {
@@ -431,7 +438,16 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let state = &self.0;
         state.idle_since_ms.store(state.now_ms(), Ordering::Relaxed);
-        state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if state.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let parked = state
+                .parked_reader
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(waker) = parked {
+                waker.wake();
+            }
+        }
     }
 }
 
@@ -522,7 +538,8 @@ struct TimedIo {
     read_timer: Pin<Box<Sleep>>,
     read_timer_at: Option<Instant>,
     write_timeout: Option<Duration>,
-    write_timer: Pin<Box<Sleep>>,
+    /// Set while a write is stalled; created on the first stall.
+    write_timer: Option<Pin<Box<Sleep>>>,
     write_stalled: bool,
 }
 
@@ -535,7 +552,7 @@ impl TimedIo {
             read_timer: Box::pin(tokio::time::sleep_until(far)),
             read_timer_at: None,
             write_timeout,
-            write_timer: Box::pin(tokio::time::sleep_until(far)),
+            write_timer: None,
             write_stalled: false,
         }
     }
@@ -549,6 +566,15 @@ impl TimedIo {
     fn poll_read_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
             let Some((deadline, what)) = self.state.read_deadline() else {
+                // No deadline while requests are in flight; be woken when they are done.
+                *self
+                    .state
+                    .parked_reader
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx.waker().clone());
+                if self.state.in_flight.load(Ordering::Relaxed) == 0 {
+                    continue;
+                }
                 return Poll::Pending;
             };
             if self.read_timer_at.is_none_or(|at| deadline < at) {
@@ -579,13 +605,15 @@ impl TimedIo {
                 let Some(timeout) = self.write_timeout else {
                     return Poll::Pending;
                 };
+                let at = tokio::time::Instant::now() + timeout;
+                let timer = self
+                    .write_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
                 if !self.write_stalled {
                     self.write_stalled = true;
-                    self.write_timer
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + timeout);
+                    timer.as_mut().reset(at);
                 }
-                ready!(self.write_timer.as_mut().poll(cx));
+                ready!(timer.as_mut().poll(cx));
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "write timeout",

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Resident memory of servers holding many idle keep-alive connections.
+
+Each server is started, its RSS read (summed over its processes), then N connections are
+opened, each sends one request and reads the answer (so it is an idle keep-alive connection
+from then on), and the RSS is read again. Needs: ulimit -n above N for this script (it raises
+its own soft limit to the hard one).
+
+    bench/idle_conns.py --connections 5000 \
+        --server 'lameduck|target/release/lameduck serve --listen 127.0.0.1:{port} --log-level warn'
+"""
+
+import argparse
+import os
+import resource
+import shlex
+import signal
+import socket
+import subprocess
+import time
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid):
+    """RSS of pid and its descendants, in KiB."""
+    total = 0
+    pids = [pid]
+    seen = set()
+    while pids:
+        p = pids.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    pids.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--server", action="append", required=True, help="NAME|COMMAND ({port} is replaced)")
+    ap.add_argument("--connections", type=int, default=5000)
+    ap.add_argument("--path", default="/")
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    print(f"{'server':<16} {'RSS idle KiB':>13} {'RSS with conns KiB':>19} {'per conn B':>11} {'held':>6}")
+    for spec in args.server:
+        name, command = spec.split("|", 1)
+        port = free_port()
+        proc = subprocess.Popen(shlex.split(command.format(port=port)), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard)))
+        socks = []
+        try:
+            end = time.monotonic() + 20
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    if time.monotonic() > end:
+                        raise SystemExit(f"{name} did not start")
+                    time.sleep(0.05)
+            time.sleep(0.5)
+            before = rss_kib(proc.pid)
+            req = f"GET {args.path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+            for _ in range(args.connections):
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                s.sendall(req)
+                socks.append(s)
+            for s in socks:
+                s.recv(65536)
+            time.sleep(1.0)
+            after = rss_kib(proc.pid)
+            held = sum(1 for s in socks if s.fileno() >= 0)
+            per = (after - before) * 1024 / max(len(socks), 1)
+            print(f"{name:<16} {before:>13} {after:>19} {per:>11.0f} {held:>6}")
+        finally:
+            for s in socks:
+                s.close()
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()
