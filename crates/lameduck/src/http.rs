@@ -360,9 +360,6 @@ struct ConnState {
     idle_since_ms: AtomicU64,
     /// The connection speaks HTTP/2 (no header timeout between streams).
     is_h2: AtomicBool,
-    /// The reader parked with no deadline while requests were in flight; woken when the last
-    /// one finishes, so that it arms the idle deadline.
-    parked_reader: std::sync::Mutex<Option<std::task::Waker>>,
     timeouts: Timeouts,
 }
 
@@ -377,7 +374,6 @@ impl ConnState {
             head_started_ms: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
             is_h2: AtomicBool::new(false),
-            parked_reader: std::sync::Mutex::new(None),
             timeouts,
         }
     }
@@ -388,8 +384,7 @@ impl ConnState {
 
     // Relaxed throughout: each field is a self-contained value. On HTTP/1 everything runs in
     // the connection's task; on HTTP/2 response bodies are polled on stream tasks, where a
-    // momentarily stale value only shifts a timeout by that moment. The parked-reader mutex
-    // orders the one wake-up that matters.
+    // momentarily stale value only shifts a timeout by that moment.
 
     /// Bytes arrived: if the connection was idle, a new request head has started.
     fn on_read(&self) {
@@ -410,23 +405,26 @@ impl ConnState {
         InFlight(Arc::clone(self))
     }
 
-    /// When reading must have made progress by, and which timeout that is.
-    fn read_deadline(&self) -> Option<(Instant, &'static str)> {
+    /// When the reader must next look at the clock: `(when, Some(which timeout))` for a real
+    /// deadline, or `(when, None)` for a re-check while requests are in flight (the reader is
+    /// not woken when the last response finishes, so it checks back after at most one idle
+    /// period instead).
+    fn read_deadline(&self) -> Option<(Instant, Option<&'static str>)> {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
+            return self.timeouts.idle.map(|d| (Instant::now() + d, None));
         }
         let at = |ms: u64, d: Duration| self.start + Duration::from_millis(ms) + d;
         match self.head_started_ms.load(Ordering::Relaxed) {
             NONE => self.timeouts.idle.map(|d| {
                 (
                     at(self.idle_since_ms.load(Ordering::Relaxed), d),
-                    "idle timeout",
+                    Some("idle timeout"),
                 )
             }),
             started => self
                 .timeouts
                 .header
-                .map(|d| (at(started, d), "header timeout")),
+                .map(|d| (at(started, d), Some("header timeout"))),
         }
     }
 }
@@ -438,16 +436,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let state = &self.0;
         state.idle_since_ms.store(state.now_ms(), Ordering::Relaxed);
-        if state.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            let parked = state
-                .parked_reader
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            if let Some(waker) = parked {
-                waker.wake();
-            }
-        }
+        state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -566,26 +555,19 @@ impl TimedIo {
     fn poll_read_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
             let Some((deadline, what)) = self.state.read_deadline() else {
-                // No deadline while requests are in flight; be woken when they are done.
-                *self
-                    .state
-                    .parked_reader
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx.waker().clone());
-                if self.state.in_flight.load(Ordering::Relaxed) == 0 {
-                    continue;
-                }
                 return Poll::Pending;
             };
+            if let Some(what) = what {
+                if Instant::now() >= deadline {
+                    return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what));
+                }
+            }
             if self.read_timer_at.is_none_or(|at| deadline < at) {
                 self.read_timer.as_mut().reset(deadline.into());
                 self.read_timer_at = Some(deadline);
             }
             ready!(self.read_timer.as_mut().poll(cx));
-            if Instant::now() >= deadline {
-                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what));
-            }
-            // Fired for an older, earlier deadline: set it for the current one.
+            // Fired: look at the state again (the deadline may have moved, or passed).
             self.read_timer_at = None;
         }
     }
