@@ -2,7 +2,9 @@
 //! connection, and the lifecycle (lame duck, drain, deadline) around them.
 //!
 //! The loop takes an admission permit *before* it polls the listeners, so at the limit the
-//! listeners are not polled and new clients wait in the kernel backlog. Each accepted
+//! listeners are not polled and new clients wait in the kernel backlog (with
+//! [`Overload::Shed`] it accepts anyway and answers them with a short canned response). Each
+//! accepted
 //! connection is registered with the tracker before its task is spawned. When shutdown is
 //! triggered the loop keeps serving for the lame-duck period, then closes the listeners and
 //! drains; at the drain deadline the remaining tasks are told to stop, and `serve` returns
