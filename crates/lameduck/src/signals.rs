@@ -51,13 +51,14 @@ pub fn install(shutdown: &Shutdown) -> io::Result<SignalHandler> {
                     let _ = signal_hook::low_level::emulate_default_handler(signal);
                     std::process::exit(128 + signal);
                 }
-                let after = shutdown.trigger();
-                match after {
-                    Phase::Forced => {
-                        tracing::warn!(signal = name, "second signal: forcing shutdown")
-                    }
-                    _ => tracing::info!(signal = name, "signal received: shutting down gracefully"),
+                // Logged before the trigger: once triggered, the server may stop and log its
+                // report before this thread runs again, and the report must stay the last line.
+                if before == Phase::Running {
+                    tracing::info!(signal = name, "signal received: shutting down gracefully");
+                } else {
+                    tracing::warn!(signal = name, "second signal: forcing shutdown");
                 }
+                shutdown.trigger();
             }
         })?;
     Ok(SignalHandler {
