@@ -195,6 +195,7 @@ fn conditional_and_range_requests() {
     site.write("style.css", b"body { color: red }\n");
     site.write("app.js", b"console.log('plain')\n");
     site.write("app.js.gz", b"pretend-gzip-bytes");
+    site.write("app.js.br", b"pretend-brotli-bytes");
     site.write("docs/index.html", b"docs index");
     site.write("empty/file.txt", b"x");
     let server = Lameduck::serve(&[site.arg()], false);
@@ -274,7 +275,11 @@ fn conditional_and_range_requests() {
     );
     assert_eq!(fresh.status, 206);
 
-    let gz = get(addr, "/app.js", &[("Accept-Encoding", "gzip, br")]);
+    let br = get(addr, "/app.js", &[("Accept-Encoding", "gzip, br")]);
+    assert_eq!(br.header("content-encoding"), Some("br"));
+    assert_eq!(br.header("vary"), Some("accept-encoding"));
+    assert_eq!(br.body, b"pretend-brotli-bytes");
+    let gz = get(addr, "/app.js", &[("Accept-Encoding", "gzip, br;q=0")]);
     assert_eq!(gz.header("content-encoding"), Some("gzip"));
     assert_eq!(
         gz.header("content-type"),

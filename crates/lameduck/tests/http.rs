@@ -61,6 +61,15 @@ fn app(gate: Arc<Gate>, readiness: Readiness) -> Router {
         .route("/", get(|| async { "hello\n" }))
         .route("/hold", get(hold))
         .route(
+            "/until-drain",
+            get(
+                |axum::Extension(conn): axum::Extension<lameduck::Connection>| async move {
+                    conn.draining().await;
+                    format!("drained, draining={}\n", conn.is_draining())
+                },
+            ),
+        )
+        .route(
             "/ticks",
             get(|| async {
                 Body::new(Endless {
@@ -564,4 +573,25 @@ async fn malformed_request_gets_400_and_others_are_served() {
     server.shutdown.trigger();
     drop(good);
     server.report().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_learn_of_the_drain_through_the_request_extension() {
+    let server = start(|s| s);
+    let mut client = server.connect().await;
+    send(&mut client, "/until-drain").await;
+    let mut probe = [0u8; 1];
+    assert!(
+        timeout(Duration::from_millis(200), client.read(&mut probe))
+            .await
+            .is_err(),
+        "answered before the drain"
+    );
+    server.shutdown.trigger();
+    let resp = read_response(&mut client).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"drained, draining=true\n");
+    assert_eq!(resp.header("connection"), Some("close"));
+    let report = server.report().await;
+    assert_eq!((report.completed, report.forced), (1, 0));
 }
