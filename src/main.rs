@@ -167,9 +167,21 @@ fn serve(args: ServeArgs) -> Result<lameduck::Report, Box<dyn std::error::Error>
     init_logging(&settings)?;
     raise_fd_limit();
 
-    let mut listeners = Vec::with_capacity(settings.listen.len());
-    for addr in &settings.listen {
-        listeners.push(lameduck::listen::bind(*addr)?);
+    // Sockets handed over by systemd or a supervisor (LISTEN_FDS) take the place of --listen:
+    // they stay open across restarts, so no client is ever refused.
+    #[cfg(unix)]
+    let mut listeners = lameduck::listen::inherited()?;
+    #[cfg(not(unix))]
+    let mut listeners = Vec::new();
+    if listeners.is_empty() {
+        for addr in &settings.listen {
+            listeners.push(lameduck::listen::bind(*addr)?);
+        }
+    } else {
+        tracing::info!(
+            count = listeners.len(),
+            "adopted inherited listening sockets (LISTEN_FDS); --listen is ignored"
+        );
     }
     let admin_listener = settings.admin.map(lameduck::listen::bind).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

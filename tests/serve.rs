@@ -504,3 +504,64 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(log.last().unwrap().contains("lameduck stopped"));
 }
+
+#[test]
+fn adopts_an_inherited_listening_socket() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    // The socket a supervisor or systemd would hold open; the client can connect before the
+    // server even starts (the kernel queues it), and is served once it does.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let early = std::net::TcpStream::connect(addr).unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = std::process::Command::new("/bin/sh");
+    // `exec` keeps the shell's pid, so LISTEN_PID=$$ names the lameduck process.
+    cmd.args([
+        "-c",
+        "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" serve --listen 127.0.0.1:1 --log-level warn",
+        util::bin(),
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    #[allow(unsafe_code)]
+    // SAFETY: between fork and exec only dup2 and fcntl run, which are async-signal-safe;
+    // they put the listener at descriptor 3 without close-on-exec, as LISTEN_FDS wants.
+    // (dup2 onto itself would keep close-on-exec, hence fcntl when it already is 3.)
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn lameduck through sh");
+    drop(listener);
+    let mut early = early;
+    early.set_read_timeout(Some(WAIT)).unwrap();
+    early
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = early.read_to_end(&mut buf);
+    let resp = util::parse(&buf, false);
+    assert_eq!(
+        resp.status, 200,
+        "the connection made before the server started was not served"
+    );
+    assert!(resp.text().contains("lameduck"));
+    util::send_signal(child.id(), SIGTERM);
+    let status = util::wait_exit(&mut child, WAIT).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("lameduck did not exit");
+    });
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,7 +1,8 @@
 //! Binding listening sockets with the options a server wants.
 //!
 //! Binding is a separate step from serving: servers take already-bound listeners, so tests can
-//! bind `127.0.0.1:0` and a supervisor can hand a worker sockets it inherited.
+//! bind `127.0.0.1:0` and a supervisor (or systemd's socket activation) can hand a worker
+//! sockets it inherited; [`inherited`] adopts those.
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -85,6 +86,87 @@ impl ListenOptions {
 /// Binds `addr` with the default [`ListenOptions`].
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     ListenOptions::default().bind(addr)
+}
+
+/// Adopts the listening sockets this process inherited through the `LISTEN_FDS` protocol
+/// (systemd socket activation, or a supervisor that keeps the sockets open across restarts).
+///
+/// Returns an empty list when `LISTEN_PID` does not name this process (the variables were
+/// meant for someone else) or is absent. The sockets are file descriptors 3, 4, … in order;
+/// each is checked to be a listening stream socket and marked close-on-exec, so it does not
+/// leak into programs this one starts.
+///
+/// # Errors
+/// `LISTEN_FDS` is malformed, or one of the descriptors is not a listening TCP socket.
+///
+/// # Panics
+/// Never; but only the first call adopts the descriptors (a second one returns an empty
+/// list), since two owners of one descriptor would close it twice.
+#[cfg(unix)]
+pub fn inherited() -> Result<Vec<TcpListener>, Error> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .is_some_and(|pid| pid == std::process::id());
+    if !for_us {
+        return Ok(Vec::new());
+    }
+    let count = match std::env::var("LISTEN_FDS") {
+        Ok(n) => n.trim().parse::<i32>().map_err(|_| {
+            Error::Io(std::io::Error::other(format!(
+                "LISTEN_FDS is not a number: {n:?}"
+            )))
+        })?,
+        Err(_) => return Ok(Vec::new()),
+    };
+    // AcqRel: whoever wins the swap owns the descriptors; nothing else is published here.
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return Ok(Vec::new());
+    }
+    const FIRST: i32 = 3;
+    (FIRST..FIRST.saturating_add(count.max(0)))
+        .map(adopt_fd)
+        .collect()
+}
+
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn adopt_fd(fd: i32) -> Result<TcpListener, Error> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let bad = |what: String| {
+        Error::Io(std::io::Error::other(format!(
+            "inherited descriptor {fd}: {what}"
+        )))
+    };
+    // SAFETY: fcntl(F_GETFD) only queries the descriptor table; it tells us whether `fd` is
+    // open before we take ownership of it.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(bad("not open".into()));
+    }
+    // SAFETY: the LISTEN_FDS protocol hands descriptors FIRST.. to this process, nothing else
+    // in it owns them, and `inherited` adopts them once (guarded by TAKEN).
+    let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    socket.set_cloexec(true).map_err(|e| bad(e.to_string()))?;
+    if socket.r#type().map_err(|e| bad(e.to_string()))? != Type::STREAM {
+        return Err(bad("not a stream socket".into()));
+    }
+    let addr = socket.local_addr().map_err(|e| bad(e.to_string()))?;
+    if addr.as_socket().is_none() {
+        return Err(bad("not an IPv4 or IPv6 socket".into()));
+    }
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "fuchsia"
+    ))]
+    if !socket.is_listener().map_err(|e| bad(e.to_string()))? {
+        return Err(bad("not listening".into()));
+    }
+    Ok(socket.into())
 }
 
 #[cfg(test)]
