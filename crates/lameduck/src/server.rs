@@ -235,7 +235,9 @@ impl Server {
     {
         self.run(move |stream, conn| {
             // The handler is called here, in the accept loop; only its future goes to the task.
-            let work = handler(stream, conn.clone());
+            // Boxed once: moved by value through the wrappers below, a large future (a hyper
+            // connection is several KiB) would be stored again at every layer that awaits it.
+            let work = Box::pin(handler(stream, conn.clone()));
             async move {
                 if let Err(e) = work.await {
                     tracing::debug!(conn = conn.id(), peer = %conn.peer_addr(), error = %e, "connection ended with an error");
