@@ -413,6 +413,24 @@ fn missing_directory_is_one_clear_line_and_exit_1() {
         stderr.trim(),
         "lameduck: cannot serve /nonexistent/lameduck-site: no such directory"
     );
+
+    let dir = TempDir::new("notadir");
+    let file = dir.write("file.txt", b"x");
+    let file = file.to_str().unwrap();
+    let (status, stderr) = run_to_end(&["serve", file, "--listen", "127.0.0.1:0"]);
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        stderr.trim(),
+        format!("lameduck: cannot serve {file}: not a directory")
+    );
+
+    let (status, stderr) =
+        run_to_end(&["serve", "--listen", "127.0.0.1:0", "--log-level", "loud=="]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.starts_with("lameduck: invalid --log-level") && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
 }
 
 #[test]
