@@ -583,3 +583,14 @@ fn adopts_an_inherited_listening_socket() {
     });
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn listens_on_every_address_given() {
+    let mut server = Lameduck::serve(&["--listen", "127.0.0.1:0"], false);
+    let lines = server.wait_log_count("max_connections=", 2);
+    let addrs: Vec<std::net::SocketAddr> = lines.iter().map(|l| util::field_addr(l)).collect();
+    assert_ne!(addrs[0], addrs[1]);
+    for addr in addrs {
+        assert_eq!(get(addr, "/", &[]).status, 200);
+    }
+}

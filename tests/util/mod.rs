@@ -125,6 +125,30 @@ impl Lameduck {
         }
     }
 
+    /// Waits until `n` log lines contain `needle`; returns them.
+    pub fn wait_log_count(&mut self, needle: &str, n: usize) -> Vec<String> {
+        let end = Instant::now() + WAIT;
+        loop {
+            let found: Vec<String> = self
+                .log
+                .iter()
+                .filter(|l| l.contains(needle))
+                .cloned()
+                .collect();
+            if found.len() >= n {
+                return found;
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => panic!(
+                    "fewer than {n} lines with {needle:?}; log:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
     /// Everything logged until the process closed its stderr.
     pub fn drain_log(&mut self) -> Vec<String> {
         while let Ok(line) = self.lines.recv_timeout(WAIT) {
@@ -183,7 +207,7 @@ pub fn send_signal(pid: u32, signal: i32) {
 }
 
 /// The `addr` field of a text (`addr=…`) or JSON (`"addr":"…"`) log line.
-fn field_addr(line: &str) -> SocketAddr {
+pub fn field_addr(line: &str) -> SocketAddr {
     let start = line
         .find("addr=")
         .map(|i| i + 5)
