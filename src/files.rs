@@ -119,10 +119,7 @@ impl Files {
             Ok(p) => p,
             Err(status) => return text(status, status.canonical_reason().unwrap_or("refused")),
         };
-        let Some(path) = self.inside(root, &root.join(&relative)) else {
-            return not_found();
-        };
-        let Ok(meta) = std::fs::metadata(&path) else {
+        let Some((path, meta)) = self.inside(root, &root.join(&relative)) else {
             return not_found();
         };
         if meta.is_dir() {
@@ -138,11 +135,9 @@ impl Files {
                 }
                 return resp;
             }
-            if let Some(index) = self.inside(root, &path.join("index.html")) {
-                if let Ok(meta) = std::fs::metadata(&index) {
-                    if meta.is_file() {
-                        return self.file(root, &index, meta, &req.headers);
-                    }
+            if let Some((index, meta)) = self.inside(root, &path.join("index.html")) {
+                if meta.is_file() {
+                    return self.file(root, &index, meta, &req.headers);
                 }
             }
             if self.list_dirs {
@@ -185,9 +180,33 @@ impl Files {
         Ok(out)
     }
 
-    /// `path` with every symbolic link resolved, if that stays inside `root` (and, unless
-    /// dotfiles are served, passes through no hidden name).
-    fn inside(&self, root: &Path, path: &Path) -> Option<PathBuf> {
+    /// `path` (under `root`) and its metadata, with every symbolic link resolved, if that
+    /// stays inside `root` and, unless dotfiles are served, passes through no hidden name.
+    ///
+    /// The usual case, no link on the way, costs one `lstat` per component below the root
+    /// (the last one doubles as the metadata); only a path with a link in it is resolved
+    /// whole with `canonicalize` and checked against the root.
+    fn inside(&self, root: &Path, path: &Path) -> Option<(PathBuf, std::fs::Metadata)> {
+        let rel = path.strip_prefix(root).ok()?;
+        let mut current = root.to_path_buf();
+        let mut meta = None;
+        for component in rel.components() {
+            current.push(component);
+            let m = std::fs::symlink_metadata(&current).ok()?;
+            if m.file_type().is_symlink() {
+                return self.inside_resolved(root, path);
+            }
+            meta = Some(m);
+        }
+        let meta = match meta {
+            Some(m) => m,
+            None => std::fs::metadata(root).ok()?,
+        };
+        Some((current, meta))
+    }
+
+    /// The slow path of [`inside`](Self::inside), for paths with symbolic links in them.
+    fn inside_resolved(&self, root: &Path, path: &Path) -> Option<(PathBuf, std::fs::Metadata)> {
         let real = std::fs::canonicalize(path).ok()?;
         let rest = real.strip_prefix(root).ok()?;
         if !self.dotfiles
@@ -197,7 +216,8 @@ impl Files {
         {
             return None;
         }
-        Some(real)
+        let meta = std::fs::metadata(&real).ok()?;
+        Some((real, meta))
     }
 
     fn file(
@@ -217,12 +237,10 @@ impl Files {
             let mut sibling = path.as_os_str().to_owned();
             sibling.push(".");
             sibling.push(ext);
-            if let Some(sibling) = self.inside(root, Path::new(&sibling)) {
-                if let Ok(m) = std::fs::metadata(&sibling) {
-                    if m.is_file() {
-                        chosen = (sibling, m, Some(encoding));
-                        break;
-                    }
+            if let Some((sibling, m)) = self.inside(root, Path::new(&sibling)) {
+                if m.is_file() {
+                    chosen = (sibling, m, Some(encoding));
+                    break;
                 }
             }
         }
