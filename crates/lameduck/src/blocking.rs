@@ -18,7 +18,7 @@ use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -214,6 +214,15 @@ impl Server {
             tracing::info!(%addr, "listening");
             listeners.push((listener, addr));
         }
+        let shared = Arc::new(Shared {
+            shutdown: self.shutdown.clone(),
+            tracker: self.tracker.clone(),
+            open: Mutex::new(HashMap::new()),
+            listeners: RwLock::new(Some(listeners)),
+            read_timeout: self.read_timeout,
+            write_timeout: self.write_timeout,
+            nodelay: self.nodelay,
+        });
 
         let admission = Admission::new(self.threads);
         // A failed wake means the poller is gone, and so is the acceptor: nothing to do.
@@ -237,32 +246,32 @@ impl Server {
             })
         });
 
-        let open: OpenStreams = Arc::new(Mutex::new(HashMap::new()));
         let panicked = Arc::new(AtomicU64::new(0));
         let pool = Pool::start(
             self.threads,
             Arc::new(handler),
-            Arc::clone(&open),
+            Arc::clone(&shared),
             Arc::clone(&panicked),
         )?;
 
         let ctx = AcceptCtx {
-            shutdown: &self.shutdown,
-            tracker: &self.tracker,
+            shared: &shared,
             admission: &admission,
-            open: &open,
             pool: &pool,
             lame_duck: self.lame_duck,
-            read_timeout: self.read_timeout,
-            write_timeout: self.write_timeout,
-            nodelay: self.nodelay,
             wake_on_release: &wake_on_release,
         };
-        ctx.accept_loop(&mut poll, &mut listeners);
+        ctx.accept_loop(&mut poll);
         wake_on_release.store(true, Ordering::SeqCst);
 
         // Closing the listeners refuses new connections; only then is the phase Draining.
-        for (mut listener, _) in listeners {
+        // Workers take the read lock to accept, so none can accept after this.
+        let closed = shared
+            .listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        for (mut listener, _) in closed.into_iter().flatten() {
             // Deregistering a socket we are about to close cannot matter if it fails.
             let _ = poll.registry().deregister(&mut listener);
         }
@@ -274,7 +283,7 @@ impl Server {
         let clean = drain(&mut poll, &self.shutdown, &self.tracker, deadline);
         if !clean {
             self.shutdown.force();
-            let streams: Vec<TcpStream> = lock(&open).drain().map(|(_, s)| s).collect();
+            let streams: Vec<TcpStream> = lock(&shared.open).drain().map(|(_, s)| s).collect();
             tracing::warn!(phase = %Phase::Forced, active = streams.len(), "shutting down remaining connections");
             for stream in &streams {
                 // The peer may have closed already; either way the socket ends up shut.
@@ -299,24 +308,117 @@ impl Server {
     }
 }
 
-type OpenStreams = Arc<Mutex<HashMap<u64, TcpStream>>>;
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The maps and queues behind these locks are updated in single calls that cannot panic
     // half-way, so a poisoned lock still guards consistent data.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-struct AcceptCtx<'a> {
-    shutdown: &'a Shutdown,
-    tracker: &'a Tracker,
-    admission: &'a Admission,
-    open: &'a OpenStreams,
-    pool: &'a Pool,
-    lame_duck: Duration,
+type Listeners = Vec<(mio::net::TcpListener, SocketAddr)>;
+
+/// What the acceptor and the workers share.
+struct Shared {
+    shutdown: Shutdown,
+    tracker: Tracker,
+    /// A clone of every open stream, by connection id, for the deadline to shut down.
+    open: Mutex<HashMap<u64, TcpStream>>,
+    /// The listeners while accepting; `None` once they are closed.
+    listeners: RwLock<Option<Listeners>>,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     nodelay: bool,
+}
+
+impl Shared {
+    /// Turns an accepted connection into a job: registered with the tracker (before any
+    /// handler runs, so counting and waiting cannot race), socket options set, a clone kept
+    /// for the deadline.
+    fn prepare(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        permit: Option<Permit>,
+    ) -> Option<Job> {
+        let guard = self.tracker.track();
+        // On Linux `accept4` never passes the listener's non-blocking mode on; elsewhere it
+        // may, and the handler wants a blocking socket.
+        #[cfg(target_os = "linux")]
+        let blocking = Ok(());
+        #[cfg(not(target_os = "linux"))]
+        let blocking = stream.set_nonblocking(false);
+        let setup = blocking
+            .and_then(|()| stream.set_read_timeout(self.read_timeout))
+            .and_then(|()| stream.set_write_timeout(self.write_timeout))
+            .and_then(|()| {
+                if self.nodelay {
+                    stream.set_nodelay(true)
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = setup {
+            tracing::warn!(error = %e, %peer, "cannot set up accepted connection; closing it");
+            return None;
+        }
+        // The clone lets the deadline shut the socket down under a blocked handler. Without
+        // it (out of descriptors right now) the connection is still served rather than
+        // dropped; its read and write timeouts then bound it instead.
+        let kept = match stream.try_clone() {
+            Ok(clone) => {
+                lock(&self.open).insert(guard.id(), clone);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, %peer, "cannot keep a clone of the connection for the deadline");
+                false
+            }
+        };
+        let conn = Connection::new(guard.id(), peer, local, self.shutdown.clone());
+        Some(Job {
+            stream,
+            conn,
+            guard,
+            permit,
+            kept,
+        })
+    }
+
+    /// A worker that just finished a connection keeps its permit and takes the next waiting
+    /// connection itself, if there is one, sparing the hand-off through the acceptor. With
+    /// none waiting (or the listeners closed), the permit is returned.
+    fn accept_next(&self, permit: Option<Permit>) -> Option<Job> {
+        let permit = permit?;
+        let listeners = self
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (listener, local) in listeners.as_ref()? {
+            // Any error (none waiting, or out of descriptors) is left to the acceptor, which
+            // sorts errors and backs off.
+            if let Ok((stream, peer)) = accept(listener) {
+                return self.prepare(stream, peer, *local, Some(permit));
+            }
+        }
+        None
+    }
+}
+
+/// Accepts one connection as a std stream. Through socket2 rather than mio, whose accepted
+/// sockets come out non-blocking and would cost a system call each to switch back.
+fn accept(listener: &mio::net::TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    let (socket, addr) = socket2::SockRef::from(listener).accept()?;
+    let peer = addr
+        .as_socket()
+        .ok_or_else(|| io::Error::other("accepted a connection that is not IPv4 or IPv6"))?;
+    Ok((socket.into(), peer))
+}
+
+struct AcceptCtx<'a> {
+    shared: &'a Shared,
+    admission: &'a Admission,
+    pool: &'a Pool,
+    lame_duck: Duration,
     wake_on_release: &'a AtomicBool,
 }
 
@@ -324,10 +426,11 @@ impl AcceptCtx<'_> {
     /// When accepting must stop: `None` while running, the end of the lame-duck period after
     /// a trigger, or now once someone moved the phase further.
     fn stop_at(&self) -> Option<Instant> {
-        match self.shutdown.phase() {
+        match self.shared.shutdown.phase() {
             Phase::Running => None,
             Phase::LameDuck => {
                 let since = self
+                    .shared
                     .shutdown
                     .history()
                     .iter()
@@ -339,7 +442,15 @@ impl AcceptCtx<'_> {
         }
     }
 
-    fn accept_loop(&self, poll: &mut Poll, listeners: &mut [(mio::net::TcpListener, SocketAddr)]) {
+    fn accept_loop(&self, poll: &mut Poll) {
+        let guard = self
+            .shared
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(listeners) = guard.as_ref() else {
+            return;
+        };
         let mut events = Events::with_capacity(64);
         // Edge-triggered readiness: a listener stays "ready" until accept says WouldBlock.
         let mut ready = vec![true; listeners.len()];
@@ -369,11 +480,16 @@ impl AcceptCtx<'_> {
             if permit.is_some() && backing_off_until.is_none() {
                 let n = listeners.len();
                 if let Some(idx) = (0..n).map(|i| (next + i) % n).find(|&i| ready[i]) {
-                    match listeners[idx].0.accept() {
+                    match accept(&listeners[idx].0) {
                         Ok((stream, peer)) => {
                             backoff.reset();
                             next = (idx + 1) % n;
-                            self.dispatch(stream, peer, listeners[idx].1, permit.take());
+                            if let Some(job) =
+                                self.shared
+                                    .prepare(stream, peer, listeners[idx].1, permit.take())
+                            {
+                                self.pool.send(job);
+                            }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready[idx] = false,
                         Err(e) => match classify(&e) {
@@ -383,7 +499,7 @@ impl AcceptCtx<'_> {
                             kind => {
                                 let delay = backoff.next_delay();
                                 if kind == AcceptError::Resources {
-                                    tracing::warn!(error = %e, retry_in = ?delay, active = self.tracker.active(), "accept: out of resources; backing off");
+                                    tracing::warn!(error = %e, retry_in = ?delay, active = self.shared.tracker.active(), "accept: out of resources; backing off");
                                 } else {
                                     tracing::error!(error = %e, retry_in = ?delay, "accept failed; backing off");
                                 }
@@ -429,54 +545,6 @@ impl AcceptCtx<'_> {
             }
         }
     }
-
-    fn dispatch(
-        &self,
-        stream: mio::net::TcpStream,
-        peer: SocketAddr,
-        local: SocketAddr,
-        permit: Option<Permit>,
-    ) {
-        let stream = TcpStream::from(stream);
-        // Registered before the worker gets it, so counting and waiting cannot race.
-        let guard = self.tracker.track();
-        let setup = stream
-            .set_nonblocking(false)
-            .and_then(|()| stream.set_read_timeout(self.read_timeout))
-            .and_then(|()| stream.set_write_timeout(self.write_timeout))
-            .and_then(|()| {
-                if self.nodelay {
-                    stream.set_nodelay(true)
-                } else {
-                    Ok(())
-                }
-            });
-        if let Err(e) = setup {
-            tracing::warn!(error = %e, %peer, "cannot set up accepted connection; closing it");
-            return;
-        }
-        // The clone lets the deadline shut the socket down under a blocked handler. Without
-        // it (out of descriptors right now) the connection is still served rather than
-        // dropped; its read and write timeouts then bound it instead.
-        let kept = match stream.try_clone() {
-            Ok(clone) => {
-                lock(self.open).insert(guard.id(), clone);
-                true
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, %peer, "cannot keep a clone of the connection for the deadline");
-                false
-            }
-        };
-        let conn = Connection::new(guard.id(), peer, local, self.shutdown.clone());
-        self.pool.send(Job {
-            stream,
-            conn,
-            guard,
-            permit,
-            kept,
-        });
-    }
 }
 
 /// Waits for the drain to finish, logging progress each second; `false` if the deadline
@@ -516,6 +584,41 @@ struct Job {
     kept: bool,
 }
 
+/// Runs one connection's handler on the calling worker; returns the connection's permit,
+/// after its guard is dropped (so that whoever the permit's return wakes sees it done).
+fn run_job<H, E>(job: Job, handler: &H, shared: &Shared, panicked: &AtomicU64) -> Option<Permit>
+where
+    H: Fn(TcpStream, Connection) -> Result<(), E>,
+    E: fmt::Display,
+{
+    let Job {
+        stream,
+        conn,
+        mut guard,
+        permit,
+        kept,
+    } = job;
+    let id = conn.id();
+    let peer = conn.peer_addr();
+    match catch_unwind(AssertUnwindSafe(|| handler(stream, conn))) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(conn = id, %peer, error = %e, "connection ended with an error")
+        }
+        Err(_) => {
+            // Relaxed: a statistic read after the workers are joined.
+            panicked.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(conn = id, %peer, "connection handler panicked; the worker goes on");
+        }
+    }
+    // If the deadline already took the clone, this finds nothing.
+    if kept && lock(&shared.open).remove(&id).is_none() {
+        guard.mark_forced();
+    }
+    drop(guard);
+    permit
+}
+
 /// The worker pool: the Rust book's `ThreadPool`, with panics caught and a bounded stop.
 struct Pool {
     sender: Option<mpsc::Sender<Job>>,
@@ -527,7 +630,7 @@ impl Pool {
     fn start<H, E>(
         threads: usize,
         handler: Arc<H>,
-        open: OpenStreams,
+        shared: Arc<Shared>,
         panicked: Arc<AtomicU64>,
     ) -> Result<Pool, Error>
     where
@@ -541,7 +644,7 @@ impl Pool {
         for index in 0..threads {
             let receiver = Arc::clone(&receiver);
             let handler = Arc::clone(&handler);
-            let open = Arc::clone(&open);
+            let shared = Arc::clone(&shared);
             let panicked = Arc::clone(&panicked);
             let done_tx = done_tx.clone();
             let worker = thread::Builder::new()
@@ -551,35 +654,14 @@ impl Pool {
                         // The guard is a temporary: the lock is released as soon as a job
                         // (or the closed channel) comes out.
                         let job = lock(&receiver).recv();
-                        let Ok(job) = job else { break };
-                        let Job {
-                            stream,
-                            conn,
-                            guard,
-                            permit,
-                            kept,
-                        } = job;
-                        let id = conn.id();
-                        let peer = conn.peer_addr();
-                        match catch_unwind(AssertUnwindSafe(|| handler(stream, conn))) {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => tracing::debug!(conn = id, %peer, error = %e, "connection ended with an error"),
-                            Err(_) => {
-                                // Relaxed: a statistic read after the workers are joined.
-                                panicked.fetch_add(1, Ordering::Relaxed);
-                                tracing::error!(conn = id, %peer, "connection handler panicked; the worker goes on");
+                        let Ok(mut job) = job else { break };
+                        loop {
+                            let permit = run_job(job, &*handler, &shared, &panicked);
+                            match shared.accept_next(permit) {
+                                Some(next) => job = next,
+                                None => break,
                             }
                         }
-                        // If the deadline already took the clone, this finds nothing.
-                        let forced = kept && lock(&open).remove(&id).is_none();
-                        let mut guard = guard;
-                        if forced {
-                            guard.mark_forced();
-                        }
-                        // Guard first, then permit: the permit's return wakes the acceptor,
-                        // which must then see this connection as done.
-                        drop(guard);
-                        drop(permit);
                     }
                     // The receiver may be gone if `run` already returned; nothing to tell.
                     let _ = done_tx.send(index);
