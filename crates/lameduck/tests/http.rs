@@ -19,20 +19,28 @@ use lameduck::http::Readiness;
 use lameduck::{Overload, Phase, Report, Shutdown};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A started/release pair for holding a request open.
+/// A started/release pair for holding a request open. Release is a level, not an edge: a
+/// handler that starts waiting after the release still sees it.
 struct Gate {
     started: mpsc::UnboundedSender<()>,
-    release: Notify,
+    release: watch::Sender<bool>,
+}
+
+impl Gate {
+    fn open(&self) {
+        self.release.send_replace(true);
+    }
 }
 
 async fn hold(State(gate): State<Arc<Gate>>) -> &'static str {
+    let mut released = gate.release.subscribe();
     let _ = gate.started.send(());
-    gate.release.notified().await;
+    let _ = released.wait_for(|r| *r).await;
     "released\n"
 }
 
@@ -136,7 +144,7 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown.force();
-        self.gate.release.notify_waiters();
+        self.gate.open();
     }
 }
 
@@ -148,7 +156,7 @@ fn start(
     let (tx, started) = mpsc::unbounded_channel();
     let gate = Arc::new(Gate {
         started: tx,
-        release: Notify::new(),
+        release: watch::channel(false).0,
     });
     let shutdown = Shutdown::new();
     let serve = lameduck::http::serve(
@@ -269,7 +277,7 @@ async fn in_flight_request_completes_with_connection_close() {
     server.wait_started().await;
     server.shutdown.trigger();
     server.wait_phase(Phase::Draining).await;
-    server.gate.release.notify_waiters();
+    server.gate.open();
     let resp = read_response(&mut client).await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body, b"released\n");
@@ -359,7 +367,7 @@ async fn http2_gets_goaway_and_its_open_stream_completes() {
         refused.is_ok(),
         "new streams were still accepted after GOAWAY"
     );
-    server.gate.release.notify_waiters();
+    server.gate.open();
     let resp = timeout(WAIT, in_flight)
         .await
         .unwrap()
@@ -486,7 +494,7 @@ async fn shed_answers_503_with_retry_after_at_the_limit() {
     assert_eq!(resp.status, 503);
     assert_eq!(resp.header("retry-after"), Some("1"));
     assert_eq!(server.admission.rejected(), 1);
-    server.gate.release.notify_waiters();
+    server.gate.open();
     assert_eq!(read_response(&mut holder).await.status, 200);
     drop(holder);
     server.shutdown.trigger();
@@ -512,7 +520,7 @@ async fn wait_policy_keeps_extra_clients_in_the_backlog() {
             .is_err(),
         "the extra client was answered past the limit"
     );
-    server.gate.release.notify_waiters();
+    server.gate.open();
     assert_eq!(read_response(&mut holder).await.status, 200);
     drop(holder);
     assert_eq!(read_response(&mut extra).await.status, 200);
