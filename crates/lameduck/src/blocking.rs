@@ -4,7 +4,9 @@
 //! No accept timeout, no dummy self-connection, no non-blocking spin: the acceptor sleeps in
 //! the poller until a client arrives, a permit comes back, or the shutdown handle changes
 //! phase. Each connection takes a worker; the worker count is also the admission limit, so at
-//! the limit the listeners are not polled and clients wait in the kernel backlog.
+//! the limit the listeners are not polled and clients wait in the kernel backlog. A worker that
+//! finishes a connection keeps its slot and takes the next waiting client itself, if there is
+//! one, without a round trip through the acceptor.
 //!
 //! At the drain deadline the server shuts down (both directions) a clone it kept of every
 //! open stream, which makes blocked reads and writes return, so the workers can be joined. A
