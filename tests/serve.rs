@@ -25,6 +25,24 @@ fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Sends `GET path` on a connection with a small receive buffer, so that a large response
+/// stays in flight for as long as the caller reads slowly.
+fn start_slow_download(
+    addr: std::net::SocketAddr,
+    path: &str,
+    recv_buffer: usize,
+) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(recv_buffer).unwrap();
+    socket.connect_timeout(&addr.into(), WAIT).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .unwrap();
+    stream
+}
+
 #[test]
 fn serves_the_built_in_page_without_a_directory() {
     let server = Lameduck::serve(&[], false);
@@ -46,14 +64,7 @@ fn slow_download_in_flight_at_sigterm_completes_byte_for_byte_and_exit_is_0() {
     let mut server = Lameduck::serve(&[site.arg(), "--drain-timeout", "30s"], true);
 
     // A small receive buffer, read slowly: the server is still writing when SIGTERM comes.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(64 * 1024).unwrap();
-    socket.connect_timeout(&server.addr.into(), WAIT).unwrap();
-    let mut stream: std::net::TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream
-        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: test\r\n\r\n")
-        .unwrap();
+    let mut stream = start_slow_download(server.addr, "/big.bin", 64 * 1024);
     let mut received = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let n = stream.read(&mut chunk).unwrap();
@@ -99,15 +110,8 @@ fn second_sigterm_forces_and_exit_code_says_so() {
     let site = TempDir::new("force");
     site.write("big.bin", &pattern(8 * 1024 * 1024));
     let mut server = Lameduck::serve(&[site.arg(), "--drain-timeout", "1h"], true);
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    socket.connect_timeout(&server.addr.into(), WAIT).unwrap();
-    let mut stream: std::net::TcpStream = socket.into();
-    stream
-        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: test\r\n\r\n")
-        .unwrap();
+    let mut stream = start_slow_download(server.addr, "/big.bin", 16 * 1024);
     let mut first = [0u8; 1024];
-    stream.set_read_timeout(Some(WAIT)).unwrap();
     let _ = stream.read(&mut first).unwrap();
     server.signal(SIGTERM);
     server.wait_phase("draining");
