@@ -218,7 +218,7 @@ impl Settings {
             drain_timeout: args
                 .drain_timeout
                 .or(file_duration("drain-timeout", &file.drain_timeout)?)
-                .unwrap_or(Duration::from_secs(30)),
+                .unwrap_or(lameduck::DEFAULT_DRAIN_TIMEOUT),
             lame_duck: args
                 .lame_duck
                 .or(file_duration("lame-duck", &file.lame_duck)?)

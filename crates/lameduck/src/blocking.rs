@@ -31,15 +31,13 @@ use crate::admission::{Admission, Permit};
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::report::Report;
-use crate::shutdown::{Phase, Shutdown};
+use crate::shutdown::{DEFAULT_DRAIN_TIMEOUT, Phase, Shutdown};
 use crate::tracker::{ConnectionGuard, Tracker};
 
 /// Default number of worker threads.
 pub const DEFAULT_THREADS: usize = 8;
 /// Default per-connection read and write timeout.
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default drain timeout.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time handlers get to return after their sockets were shut down at the deadline.
 pub const DEFAULT_FORCE_GRACE: Duration = Duration::from_secs(1);
 

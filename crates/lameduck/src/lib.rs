@@ -68,8 +68,8 @@ pub use connection::Connection;
 pub use error::Error;
 pub use report::Report;
 #[cfg(feature = "tokio")]
-pub use server::{DEFAULT_DRAIN_TIMEOUT, IntoListener, Overload, Server};
-pub use shutdown::{Phase, Shutdown};
+pub use server::{IntoListener, Overload, Server};
+pub use shutdown::{DEFAULT_DRAIN_TIMEOUT, Phase, Shutdown};
 pub use tracker::{ConnectionGuard, Tracker};
 
 /// The README's examples, compiled as doc tests so they stay true.

@@ -27,11 +27,8 @@ use crate::admission::Admission;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::report::Report;
-use crate::shutdown::{Phase, Shutdown};
+use crate::shutdown::{DEFAULT_DRAIN_TIMEOUT, Phase, Shutdown};
 use crate::tracker::Tracker;
-
-/// Default time the drain may take before remaining connections are closed.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long tasks get to end after they were told to stop, before they are aborted.
 const FORCE_GRACE: Duration = Duration::from_secs(1);

@@ -20,6 +20,10 @@ use event_listener::{Event, Listener};
 
 use crate::hooks::{HookRegistration, Hooks};
 
+/// Default time a drain may take before the remaining connections are closed, in both server
+/// flavours.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where a server is in its lifecycle. Phases only move forward, in declaration order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
