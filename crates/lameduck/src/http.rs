@@ -26,7 +26,6 @@
 //! an idle keep-alive connection is closed after the idle timeout (default 60 s), and a client
 //! that stops reading while the server writes is cut after the write timeout (default 60 s).
 
-use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -73,7 +72,9 @@ const SHED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 
 
 /// Serves `service` on `listener` until shutdown; see [`Serve`] for the options.
 ///
-/// Await the returned value (or call [`Serve::run`]) to run the server.
+/// Await the returned value (or call [`Serve::run`]) to run the server. When the service
+/// returns an error for a request, that connection is closed (as hyper does); others go on.
+/// An axum `Router` never returns one.
 pub fn serve<S>(listener: impl IntoListener, service: S) -> Serve<S> {
     Serve {
         server: Server::new()
@@ -214,11 +215,9 @@ impl<S> Serve<S> {
 
 impl<S, B> Serve<S>
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
@@ -252,11 +251,9 @@ where
 
 impl<S, B> IntoFuture for Serve<S>
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
@@ -302,11 +299,9 @@ async fn serve_connection<S, B>(
     shared: Arc<Shared>,
 ) -> Result<(), BoxError>
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
@@ -450,17 +445,15 @@ struct LifecycleService<S> {
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for LifecycleService<S>
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response<TrackedBody<B>>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let version = request.version();

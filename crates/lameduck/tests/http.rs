@@ -603,3 +603,47 @@ async fn handlers_learn_of_the_drain_through_the_request_extension() {
     let report = server.report().await;
     assert_eq!((report.completed, report.forced), (1, 0));
 }
+
+/// A plain tower service (not axum) whose calls can fail.
+#[derive(Clone)]
+struct Fallible;
+
+impl tower_service::Service<hyper::Request<hyper::body::Incoming>> for Fallible {
+    type Response = hyper::Response<http_body_util::Full<Bytes>>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        std::future::ready(if req.uri().path() == "/fail" {
+            Err(std::io::Error::other("the service failed"))
+        } else {
+            Ok(hyper::Response::new(http_body_util::Full::new(
+                Bytes::from_static(b"ok\n"),
+            )))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_tower_service_with_errors_is_served() {
+    let listener = lameduck::listen::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = lameduck::http::serve(listener, Fallible);
+    let shutdown = serve.shutdown_handle();
+    let task = tokio::spawn(serve.into_future());
+    let mut failing = TcpStream::connect(addr).await.unwrap();
+    send(&mut failing, "/fail").await;
+    expect_closed(&mut failing).await;
+    let mut fine = TcpStream::connect(addr).await.unwrap();
+    send(&mut fine, "/").await;
+    let resp = read_response(&mut fine).await;
+    assert_eq!((resp.status, &resp.body[..]), (200, &b"ok\n"[..]));
+    drop(fine);
+    shutdown.trigger();
+    let report = timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+    assert_eq!(report.accepted, 2);
+}
