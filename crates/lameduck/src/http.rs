@@ -234,7 +234,10 @@ where
             // which would otherwise also close idle keep-alive connections after 30 s.
             .header_read_timeout(None)
             .max_buf_size(self.max_header_size);
-        builder.http2().timer(TokioTimer::new());
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.max_header_size).unwrap_or(u32::MAX));
         let shared = Arc::new(Shared {
             builder,
             timeouts: self.timeouts,
