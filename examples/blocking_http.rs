@@ -234,8 +234,7 @@ fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     match run(args) {
-        Ok(report) if report.is_clean() => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::from(3),
+        Ok(report) => report.exit_code(),
         Err(e) => {
             eprintln!("blocking_http: {e}");
             ExitCode::from(1)

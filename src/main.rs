@@ -22,8 +22,6 @@ use crate::config::{LogFormat, OverloadArg, ServeArgs, Settings};
 use crate::files::{Files, StaticService};
 use crate::metrics::{Metrics, ServerView};
 
-/// Exit code when the deadline or a second signal had to cut connections.
-const EXIT_FORCED: u8 = 3;
 /// Exit code for a configuration or start-up error.
 const EXIT_CONFIG: u8 = 1;
 
@@ -65,8 +63,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => match serve(args) {
-            Ok(report) if report.is_clean() => ExitCode::SUCCESS,
-            Ok(_) => ExitCode::from(EXIT_FORCED),
+            Ok(report) => report.exit_code(),
             Err(e) => {
                 eprintln!("lameduck: {e}");
                 ExitCode::from(EXIT_CONFIG)

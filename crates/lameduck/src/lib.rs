@@ -66,7 +66,7 @@ mod tracker;
 pub use admission::{Admission, Permit};
 pub use connection::Connection;
 pub use error::Error;
-pub use report::Report;
+pub use report::{EXIT_FORCED, Report};
 #[cfg(feature = "tokio")]
 pub use server::{IntoListener, Overload, Server};
 pub use shutdown::{DEFAULT_DRAIN_TIMEOUT, Phase, Shutdown};

@@ -23,10 +23,25 @@ pub struct Report {
     pub drain_duration: Duration,
 }
 
+/// The process exit code lameduck's programs use when the drain had to cut connections (a
+/// clean drain exits 0).
+pub const EXIT_FORCED: u8 = 3;
+
 impl Report {
     /// `true` if no connection had to be forced closed.
     pub fn is_clean(&self) -> bool {
         self.forced == 0 && self.stuck == 0
+    }
+
+    /// The exit code for a program whose server stopped with this report: 0 after a clean
+    /// drain, [`EXIT_FORCED`] when connections had to be cut. Supervisors and CI can tell
+    /// the two apart.
+    pub fn exit_code(&self) -> std::process::ExitCode {
+        if self.is_clean() {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::from(EXIT_FORCED)
+        }
     }
 }
 
