@@ -198,8 +198,6 @@ fn serve(args: ServeArgs) -> Result<lameduck::Report, Box<dyn std::error::Error>
     let first = listeners
         .next()
         .expect("settings hold at least one address");
-    // Registering listeners with tokio needs the runtime.
-    let _guard = runtime.enter();
     let mut serve = lameduck::http::serve(first, service)
         .max_connections(settings.max_connections)
         .overload(match settings.overload {
