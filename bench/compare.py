@@ -14,35 +14,14 @@ scratch directory. Needs wrk (apt-get install wrk).
 """
 
 import argparse
-import os
 import re
 import shlex
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port, proc, timeout=20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited early with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listening on port {port} after {timeout}s")
+from benchlib import free_port, stop, wait_listening
 
 
 def to_ms(value, unit):
@@ -100,16 +79,7 @@ def main():
             print(f"{s['name']:<24} {med:>13.0f} {med / base:>7.2f} {statistics.median(s['p99']):>14.2f} {s['err']:>7}")
     finally:
         for s in servers:
-            try:
-                os.killpg(s["proc"].pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for s in servers:
-            try:
-                s["proc"].wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(s["proc"].pid, signal.SIGKILL)
-
+            stop(s["proc"], timeout=15)
 
 if __name__ == "__main__":
     main()

@@ -15,32 +15,14 @@ no complete 200 response. Rounds are interleaved across servers.
 
 import argparse
 import os
-import re
 import pathlib
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port, timeout=20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listening on port {port}")
+from benchlib import free_port, wait_listening
 
 
 def one_run(command, args):

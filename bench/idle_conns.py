@@ -14,16 +14,11 @@ import argparse
 import os
 import resource
 import shlex
-import signal
 import socket
 import subprocess
 import time
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchlib import free_port, stop, wait_listening
 
 
 def rss_kib(pid):
@@ -66,15 +61,7 @@ def main():
                                 preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard)))
         socks = []
         try:
-            end = time.monotonic() + 20
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if time.monotonic() > end:
-                        raise SystemExit(f"{name} did not start")
-                    time.sleep(0.05)
+            wait_listening(port, proc)
             time.sleep(0.5)
             before = rss_kib(proc.pid)
             req = f"GET {args.path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
@@ -92,11 +79,7 @@ def main():
         finally:
             for s in socks:
                 s.close()
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            stop(proc)
 
 
 if __name__ == "__main__":
