@@ -78,7 +78,8 @@ impl Files {
             // a small file) is a handful of system calls answered from the page cache in
             // microseconds, so it runs right here, as nginx does on its event loop. Sending it
             // to the blocking pool cost a thread hand-off per request and halved throughput.
-            // Large files are streamed through `tokio::fs`, off this thread.
+            // Large files are read the same way, a chunk at a time as the client takes them.
+            // The price: on a cold, slow disk a read holds up this worker thread.
             Some(_) => self.serve_dir(&req),
         };
         if head {
