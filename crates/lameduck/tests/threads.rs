@@ -2,6 +2,8 @@
 //! its own test binary, so that no other test's threads are counted.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -41,7 +43,7 @@ fn no_thread_left_after_run_returns() {
     // The acceptor thread and six workers, at least, are alive now.
     assert!(threads_in_this_process() >= before + 7);
     shutdown.trigger();
-    let report = acceptor.join().unwrap().unwrap();
+    let report = common::join_within(acceptor, "run() to return").unwrap();
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.accepted, 10);
     assert_eq!(threads_in_this_process(), before, "threads outlived run()");

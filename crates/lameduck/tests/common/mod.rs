@@ -249,6 +249,14 @@ impl Drop for Running {
     }
 }
 
+/// Joins `thread`, failing the test if it has not finished within [`WAIT`].
+pub fn join_within<T>(thread: JoinHandle<T>, what: &str) -> T {
+    wait_until(|| thread.is_finished(), what);
+    thread
+        .join()
+        .unwrap_or_else(|_| panic!("{what}: the thread panicked"))
+}
+
 /// Polls `cond` every 5 ms until it holds; panics after [`WAIT`].
 pub fn wait_until(mut cond: impl FnMut() -> bool, what: &str) {
     let end = Instant::now() + WAIT;
