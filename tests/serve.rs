@@ -115,9 +115,16 @@ fn second_sigterm_forces_and_exit_code_says_so() {
     let _ = stream.read(&mut first).unwrap();
     server.signal(SIGTERM);
     server.wait_phase("draining");
+    // While draining, the log says once a second how many connections are left and how long
+    // until the deadline.
+    let progress = server.wait_log("deadline_in=");
+    assert!(progress.contains("active=1"), "{progress}");
     server.signal(SIGTERM);
     let exit = server.wait_exit();
     assert_eq!(exit.code(), Some(3), "a forced drain must not exit 0");
+    let log = server.drain_log().join("\n");
+    assert!(log.contains("second signal: forcing shutdown"), "{log}");
+    assert!(log.contains("forced=1"), "{log}");
 }
 
 #[test]
@@ -597,4 +604,42 @@ fn listens_on_every_address_given() {
     for addr in addrs {
         assert_eq!(get(addr, "/", &[]).status, 200);
     }
+}
+
+#[test]
+fn header_and_idle_timeouts_are_applied() {
+    let server = Lameduck::serve(
+        &["--header-timeout", "300ms", "--idle-timeout", "300ms"],
+        false,
+    );
+    /// Reads until the server closes; a read that times out (5 s, far past both timeouts)
+    /// means it never did.
+    fn until_closed(stream: &mut std::net::TcpStream) -> Vec<u8> {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+                Err(e) => panic!("the server did not close the connection: {e}"),
+            }
+        }
+    }
+    // A client that never sends a request head is cut by the header timeout…
+    let mut silent = util::connect(server.addr);
+    assert!(until_closed(&mut silent).is_empty());
+    // …and a keep-alive connection left idle after a response, by the idle timeout.
+    let mut idle = util::connect(server.addr);
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let response = until_closed(&mut idle);
+    assert!(
+        response.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&response)
+    );
 }
