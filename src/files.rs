@@ -6,7 +6,6 @@
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::future::Future;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
@@ -64,7 +63,7 @@ impl Files {
     }
 
     /// Answers one request.
-    pub(crate) async fn respond(&self, req: Parts) -> Response<Body> {
+    pub(crate) fn respond(&self, req: Parts) -> Response<Body> {
         if req.method != Method::GET && req.method != Method::HEAD {
             let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
             resp.headers_mut()
@@ -629,22 +628,20 @@ pub(crate) struct StaticService {
 impl<B: Send + 'static> tower_service::Service<Request<B>> for StaticService {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    /// The answer is computed in `call` (see `Files::respond`), so the future is ready at
+    /// once: no allocation per request.
+    type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let files = Arc::clone(&self.files);
-        let metrics = Arc::clone(&self.metrics);
         // Only the head is needed; the body (never read for GET and HEAD) is dropped here.
         let (parts, _body) = req.into_parts();
-        Box::pin(async move {
-            let resp = files.respond(parts).await;
-            metrics.count_response(resp.status());
-            Ok(resp)
-        })
+        let resp = self.files.respond(parts);
+        self.metrics.count_response(resp.status());
+        std::future::ready(Ok(resp))
     }
 }
 
