@@ -23,6 +23,8 @@ struct Inner {
     in_use: AtomicUsize,
     rejected: AtomicU64,
     released: Event,
+    /// Fired when an acceptor at the limit would like idle connections to make room.
+    room_wanted: Event,
     hooks: Arc<Hooks>,
 }
 
@@ -45,6 +47,7 @@ impl Admission {
                 in_use: AtomicUsize::new(0),
                 rejected: AtomicU64::new(0),
                 released: Event::new(),
+                room_wanted: Event::new(),
                 hooks: Arc::new(Hooks::default()),
             }),
         }
@@ -127,6 +130,19 @@ impl Admission {
     /// Cancel safe.
     pub fn released(&self) -> impl Future<Output = ()> + Send + 'static {
         self.inner.released.listen()
+    }
+
+    /// Asks connections that are idle (an HTTP keep-alive connection between requests) to
+    /// close and make room: the acceptor is at the limit and clients are waiting. This is what
+    /// nginx does when it runs out of connections; without it, a few hundred idle keep-alive
+    /// clients can hold every slot until their idle timeout.
+    pub(crate) fn ask_for_room(&self) {
+        self.inner.room_wanted.notify(usize::MAX);
+    }
+
+    /// Resolves the next time [`ask_for_room`](Self::ask_for_room) is called.
+    pub(crate) fn room_wanted(&self) -> event_listener::EventListener {
+        self.inner.room_wanted.listen()
     }
 
     /// Runs `callback` every time a permit is returned, until the registration is dropped.

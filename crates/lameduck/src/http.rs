@@ -37,11 +37,11 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, HeaderValue};
-use http::{Request, Response, Version};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -50,7 +50,7 @@ use tokio::time::Sleep;
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::report::Report;
-use crate::server::{IntoListener, Overload, Server};
+use crate::server::{IntoListener, Overload, Server, Slot};
 use crate::shutdown::{Phase, Shutdown};
 use crate::tracker::Tracker;
 
@@ -66,6 +66,10 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_KEEP_ALIVE_GRACE: Duration = Duration::from_secs(1);
 /// Default largest request head (request line and headers), in bytes.
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
+/// Default most HTTP/2 streams open at once on one connection (nginx's figure).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Most bytes hyper buffers for one HTTP/2 stream beyond what the client's window lets out.
+const MAX_SEND_BUF: usize = 128 * 1024;
 
 /// The answer a shed connection gets under [`Overload::Shed`].
 const SHED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\nConnection: close\r\n\r\nserver at capacity.\n";
@@ -85,9 +89,12 @@ pub fn serve<S>(listener: impl IntoListener, service: S) -> Serve<S> {
             header: Some(DEFAULT_HEADER_TIMEOUT),
             idle: Some(DEFAULT_IDLE_TIMEOUT),
             write: Some(DEFAULT_WRITE_TIMEOUT),
+            upgraded_idle: None,
         },
         keep_alive_grace: DEFAULT_KEEP_ALIVE_GRACE,
         max_header_size: DEFAULT_MAX_HEADER_SIZE,
+        max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+        close_idle_at_limit: true,
     }
 }
 
@@ -99,6 +106,8 @@ pub struct Serve<S> {
     timeouts: Timeouts,
     keep_alive_grace: Duration,
     max_header_size: usize,
+    max_concurrent_streams: u32,
+    close_idle_at_limit: bool,
 }
 
 impl<S> fmt::Debug for Serve<S> {
@@ -108,6 +117,8 @@ impl<S> fmt::Debug for Serve<S> {
             .field("timeouts", &self.timeouts)
             .field("keep_alive_grace", &self.keep_alive_grace)
             .field("max_header_size", &self.max_header_size)
+            .field("max_concurrent_streams", &self.max_concurrent_streams)
+            .field("close_idle_at_limit", &self.close_idle_at_limit)
             .finish_non_exhaustive()
     }
 }
@@ -117,6 +128,7 @@ struct Timeouts {
     header: Option<Duration>,
     idle: Option<Duration>,
     write: Option<Duration>,
+    upgraded_idle: Option<Duration>,
 }
 
 impl<S> Serve<S> {
@@ -166,9 +178,35 @@ impl<S> Serve<S> {
         self
     }
 
-    /// Time a write may stall on a client that does not read (`None`: no limit).
+    /// Time a write may stall on a client that does not read (`None`: no limit). On HTTP/2 it
+    /// also bounds how long one stream's response may wait for the client's flow-control
+    /// window: past it the stream is reset.
     pub fn write_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.timeouts.write = timeout.into();
+        self
+    }
+
+    /// Time an upgraded connection (a WebSocket) may go without receiving a byte (`None`, the
+    /// default: no limit; WebSocket protocols keep themselves alive with pings). The header
+    /// timeout never applies after the `101 Switching Protocols`.
+    pub fn upgraded_idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.timeouts.upgraded_idle = timeout.into();
+        self
+    }
+
+    /// Most HTTP/2 streams a client may have open at once on one connection (default 128).
+    /// With the write timeout, which resets a stream whose response cannot move (the client
+    /// keeps its flow-control window shut), it bounds what one connection can hold.
+    pub fn max_concurrent_streams(mut self, n: u32) -> Self {
+        self.max_concurrent_streams = n.max(1);
+        self
+    }
+
+    /// Whether idle keep-alive connections are closed when the server is at its connection
+    /// limit and clients are waiting (default `true`, as nginx does). Without it, a client
+    /// holding idle connections can keep everyone else waiting for the idle timeout.
+    pub fn close_idle_at_limit(mut self, on: bool) -> Self {
+        self.close_idle_at_limit = on;
         self
     }
 
@@ -226,7 +264,9 @@ where
     /// # Errors
     /// As [`Server::serve`]: only set-up failures, never a client's.
     pub async fn run(self) -> Result<Report, Error> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TrackedExecutor {
+            stall_timeout: self.timeouts.write,
+        });
         builder
             .http1()
             .timer(TokioTimer::new())
@@ -237,16 +277,20 @@ where
         builder
             .http2()
             .timer(TokioTimer::new())
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .max_send_buf_size(MAX_SEND_BUF)
             .max_header_list_size(u32::try_from(self.max_header_size).unwrap_or(u32::MAX));
         let shared = Arc::new(Shared {
             builder,
             timeouts: self.timeouts,
             keep_alive_grace: self.keep_alive_grace,
+            admission: self.server.admission(),
+            close_idle_at_limit: self.close_idle_at_limit,
         });
         let service = self.service;
         self.server
-            .serve(move |stream, conn| {
-                serve_connection(stream, conn, service.clone(), Arc::clone(&shared))
+            .serve_with_slot(move |stream, conn, slot| {
+                serve_connection(stream, conn, service.clone(), Arc::clone(&shared), slot)
             })
             .await
     }
@@ -289,9 +333,25 @@ impl Readiness {
 }
 
 struct Shared {
-    builder: auto::Builder<TokioExecutor>,
+    builder: auto::Builder<TrackedExecutor>,
     timeouts: Timeouts,
     keep_alive_grace: Duration,
+    admission: crate::Admission,
+    close_idle_at_limit: bool,
+}
+
+tokio::task_local! {
+    /// The connection whose hyper state machine is being polled: HTTP/2 stream tasks spawned
+    /// from inside it (through [`TrackedExecutor`]) take a share of its slot.
+    static CONN: ConnCtx;
+    /// The HTTP/2 stream a response body belongs to, for the stall watchdog.
+    static STREAM: Arc<StreamState>;
+}
+
+#[derive(Clone)]
+struct ConnCtx {
+    slot: Arc<Slot>,
+    shutdown: Shutdown,
 }
 
 /// One connection: hyper over the timed I/O, with the drain choreography around it.
@@ -300,6 +360,7 @@ async fn serve_connection<S, B>(
     conn: Connection,
     service: S,
     shared: Arc<Shared>,
+    slot: Arc<Slot>,
 ) -> Result<(), BoxError>
 where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -309,40 +370,151 @@ where
     B::Error: Into<BoxError>,
 {
     let state = Arc::new(ConnState::new(shared.timeouts));
+    let ctx = ConnCtx {
+        slot,
+        shutdown: conn.shutdown().clone(),
+    };
     let io = TokioIo::new(TimedIo::new(
         stream,
         Arc::clone(&state),
         shared.timeouts.write,
+        ctx.clone(),
     ));
     let service = LifecycleService {
         inner: service,
         conn: conn.clone(),
         state: Arc::clone(&state),
     };
-    let mut connection = pin!(shared.builder.serve_connection_with_upgrades(io, service));
-    let mut draining = pin!(conn.draining());
-    let mut drain_seen = false;
-    // Created only when the drain starts: an idle connection should cost as little as possible.
-    let mut grace: Option<Pin<Box<Sleep>>> = None;
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => return result,
-            _ = &mut draining, if !drain_seen => {
-                drain_seen = true;
-                if state.is_h2.load(Ordering::Relaxed) {
-                    // GOAWAY now; open streams finish.
+    CONN.scope(ctx, async move {
+        let mut connection = pin!(shared.builder.serve_connection_with_upgrades(io, service));
+        let mut draining = pin!(conn.draining());
+        let mut drain_seen = false;
+        // Created only when the drain starts: an idle connection should cost as little as
+        // possible.
+        let mut grace: Option<Pin<Box<Sleep>>> = None;
+        let mut room = shared.close_idle_at_limit.then(|| shared.admission.room_wanted());
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => return result,
+                _ = &mut draining, if !drain_seen => {
+                    drain_seen = true;
+                    if state.is_h2.load(Ordering::Relaxed) {
+                        // GOAWAY now; open streams finish.
+                        connection.as_mut().graceful_shutdown();
+                    } else {
+                        // An idle HTTP/1 client may be sending its next request right now:
+                        // give it a moment (answered with `Connection: close`) before closing.
+                        grace = Some(Box::pin(tokio::time::sleep(shared.keep_alive_grace)));
+                    }
+                }
+                _ = async { grace.as_mut().expect("guarded by is_some").await }, if grace.is_some() => {
+                    grace = None;
                     connection.as_mut().graceful_shutdown();
-                } else {
-                    // An idle HTTP/1 client may be sending its next request right now: give
-                    // it a moment (answered with `Connection: close`) before closing.
-                    grace = Some(Box::pin(tokio::time::sleep(shared.keep_alive_grace)));
+                }
+                _ = async { room.as_mut().expect("guarded by is_some").await }, if room.is_some() && !closing => {
+                    if state.is_idle() {
+                        // The server is at its limit with clients waiting: an idle
+                        // keep-alive connection gives its slot up (nginx does the same).
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    } else {
+                        room = Some(shared.admission.room_wanted());
+                    }
                 }
             }
-            _ = async { grace.as_mut().expect("guarded by is_some").await }, if grace.is_some() => {
-                grace = None;
-                connection.as_mut().graceful_shutdown();
-            }
         }
+    })
+    .await
+}
+
+/// Spawns hyper's background tasks (HTTP/2 streams, upgrades) on tokio, each holding a share
+/// of its connection's slot, so the connection stays counted, limited and drained until its
+/// last stream ends; each is cut when the drain deadline forces, and an HTTP/2 stream whose
+/// response cannot move for the write timeout (the client's flow-control window stays shut)
+/// is reset.
+#[derive(Clone, Copy, Debug)]
+struct TrackedExecutor {
+    stall_timeout: Option<Duration>,
+}
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let Ok(ctx) = CONN.try_with(ConnCtx::clone) else {
+            // Not spawned from a connection of ours: nothing to track it by.
+            tokio::spawn(fut);
+            return;
+        };
+        let stall_timeout = self.stall_timeout;
+        tokio::spawn(async move {
+            let stream = Arc::new(StreamState::new());
+            let work = STREAM.scope(Arc::clone(&stream), fut);
+            let forced = ctx.shutdown.reached(Phase::Forced);
+            tokio::select! {
+                biased;
+                _ = work => {}
+                _ = forced => ctx.slot.mark_forced(),
+                _ = stalled(&stream, stall_timeout) => {
+                    // Dropping the stream's task resets the stream (RST_STREAM) and frees what
+                    // it held: its body, its buffered data, its file.
+                    tracing::debug!(timeout = ?stall_timeout, "HTTP/2 stream made no progress: reset");
+                }
+            }
+            drop(ctx);
+        });
+    }
+}
+
+/// What the stall watchdog knows of one HTTP/2 stream's response body.
+struct StreamState {
+    start: Instant,
+    /// Since when (ms since `start`) the body has handed data over and not been asked for
+    /// more, or `NONE` while the body itself is producing (an idle event stream is not the
+    /// client's fault). Before the first poll it counts from the stream's start.
+    waiting_since_ms: AtomicU64,
+}
+
+impl StreamState {
+    fn new() -> Self {
+        StreamState {
+            start: Instant::now(),
+            // Not waiting until the response exists: a slow handler is not a stalled client.
+            waiting_since_ms: AtomicU64::new(NONE),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn set_waiting(&self, waiting: bool) {
+        let v = if waiting { self.now_ms() } else { NONE };
+        // Relaxed: a self-contained stamp, read by the watchdog in the same task.
+        self.waiting_since_ms.store(v, Ordering::Relaxed);
+    }
+}
+
+/// Resolves once the stream has waited on the client for `timeout` (never with `None`).
+async fn stalled(stream: &StreamState, timeout: Option<Duration>) {
+    let Some(timeout) = timeout else {
+        return std::future::pending().await;
+    };
+    let timeout_ms = timeout.as_millis().min(u128::from(u64::MAX / 2)) as u64;
+    loop {
+        let since = stream.waiting_since_ms.load(Ordering::Relaxed);
+        let now = stream.now_ms();
+        let wait_ms = if since == NONE {
+            timeout_ms
+        } else if now.saturating_sub(since) >= timeout_ms {
+            return;
+        } else {
+            timeout_ms - (now - since)
+        };
+        tokio::time::sleep(Duration::from_millis(wait_ms.max(1))).await;
     }
 }
 
@@ -354,10 +526,13 @@ struct ConnState {
     in_flight: AtomicUsize,
     /// When the current request head started arriving (ms since `start`), or `NONE`.
     head_started_ms: AtomicU64,
-    /// When the connection last finished a response (ms since `start`).
+    /// When the connection last finished a response (ms since `start`); after an upgrade,
+    /// when bytes last arrived.
     idle_since_ms: AtomicU64,
     /// The connection speaks HTTP/2 (no header timeout between streams).
     is_h2: AtomicBool,
+    /// A `101 Switching Protocols` was sent: the socket belongs to the application now.
+    upgraded: AtomicBool,
     timeouts: Timeouts,
 }
 
@@ -372,6 +547,7 @@ impl ConnState {
             head_started_ms: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
             is_h2: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
             timeouts,
         }
     }
@@ -386,12 +562,23 @@ impl ConnState {
 
     /// Bytes arrived: if the connection was idle, a new request head has started.
     fn on_read(&self) {
+        if self.upgraded.load(Ordering::Relaxed) {
+            self.idle_since_ms.store(self.now_ms(), Ordering::Relaxed);
+            return;
+        }
         if self.in_flight.load(Ordering::Relaxed) == 0
             && !self.is_h2.load(Ordering::Relaxed)
             && self.head_started_ms.load(Ordering::Relaxed) == NONE
         {
             self.head_started_ms.store(self.now_ms(), Ordering::Relaxed);
         }
+    }
+
+    /// No request in flight and none arriving: closing now loses nothing.
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started_ms.load(Ordering::Relaxed) == NONE
+            && !self.upgraded.load(Ordering::Relaxed)
     }
 
     fn request_started(self: &Arc<Self>, version: Version) -> InFlight {
@@ -408,10 +595,23 @@ impl ConnState {
     /// not woken when the last response finishes, so it checks back after at most one idle
     /// period instead).
     fn read_deadline(&self) -> Option<(Instant, Option<&'static str>)> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return self.timeouts.idle.map(|d| (Instant::now() + d, None));
+        let at = |ms: u64, d: Duration| {
+            let base = self.start + Duration::from_millis(ms);
+            base.checked_add(d).unwrap_or_else(far_future)
+        };
+        if self.upgraded.load(Ordering::Relaxed) {
+            // The request-head timer means nothing on a WebSocket: only the (optional) idle
+            // timeout for upgraded connections applies.
+            return self.timeouts.upgraded_idle.map(|d| {
+                (
+                    at(self.idle_since_ms.load(Ordering::Relaxed), d),
+                    Some("upgraded connection idle timeout"),
+                )
+            });
         }
-        let at = |ms: u64, d: Duration| self.start + Duration::from_millis(ms) + d;
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return self.timeouts.idle.map(|d| (after(d), None));
+        }
         match self.head_started_ms.load(Ordering::Relaxed) {
             NONE => self.timeouts.idle.map(|d| {
                 (
@@ -427,19 +627,35 @@ impl ConnState {
     }
 }
 
+/// A point in time far enough away to mean "never" (about 30 years), which `Instant` and
+/// tokio's timer can both hold. `Duration::MAX` and its kin saturate to it.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
+/// `now + d`, saturated to [`far_future`].
+fn after(d: Duration) -> Instant {
+    let far = far_future();
+    Instant::now().checked_add(d).map_or(far, |t| t.min(far))
+}
+
 /// One request in flight; dropped when its response body is finished (or abandoned).
 struct InFlight(Arc<ConnState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let state = &self.0;
-        state.idle_since_ms.store(state.now_ms(), Ordering::Relaxed);
+        if !state.upgraded.load(Ordering::Relaxed) {
+            state.idle_since_ms.store(state.now_ms(), Ordering::Relaxed);
+        }
         state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// The application's service, with the connection context added to each request, and
-/// `Connection: close` added to HTTP/1 responses made while the server drains.
+/// The application's service, with the connection context added to each request,
+/// `Connection: close` added to HTTP/1 responses made while the server drains, and requests
+/// that RFC 9112 says must be refused (an HTTP/1.1 request with no `Host`, any with two)
+/// answered `400` before the application sees them.
 struct LifecycleService<S> {
     inner: S,
     conn: Connection,
@@ -461,19 +677,59 @@ where
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let version = request.version();
         let in_flight = self.state.request_started(version);
+        let hosts = request.headers().get_all(HOST).iter().count();
+        if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+            let why: &'static str = if hosts > 1 {
+                "bad request: more than one Host header\n"
+            } else {
+                "bad request: HTTP/1.1 requires a Host header\n"
+            };
+            let mut response = Response::new(TrackedBody {
+                inner: Inner::Fixed {
+                    bytes: Some(Bytes::from_static(why.as_bytes())),
+                },
+                stream: None,
+                _in_flight: in_flight,
+            });
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            let h = response.headers_mut();
+            h.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            h.insert(CONTENT_LENGTH, HeaderValue::from(why.len()));
+            if version <= Version::HTTP_11 {
+                h.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            return Box::pin(async move { Ok(response) });
+        }
         request.extensions_mut().insert(self.conn.clone());
         let shutdown = self.conn.shutdown().clone();
+        let state = Arc::clone(&self.state);
         let mut inner = self.inner.clone();
         Box::pin(async move {
             std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
             let mut response = inner.call(request).await?;
-            if version <= Version::HTTP_11 && shutdown.is_draining() {
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // From here the socket is the application's (a WebSocket, say): no request-head
+                // timer, and the connection stays counted until the upgraded socket is dropped.
+                state.upgraded.store(true, Ordering::Relaxed);
+                state.idle_since_ms.store(state.now_ms(), Ordering::Relaxed);
+            } else if version <= Version::HTTP_11 && shutdown.is_draining() {
                 response
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
+            // On HTTP/2 this runs on the stream's task: the body reports its progress there.
+            let stream = STREAM.try_with(Arc::clone).ok();
+            if let Some(stream) = &stream {
+                // The head goes out now; from here a body that is not asked for data is
+                // waiting on the client's window.
+                stream.set_waiting(true);
+            }
             Ok(response.map(|body| TrackedBody {
-                inner: body,
+                inner: Inner::App { body },
+                stream,
                 _in_flight: in_flight,
             }))
         })
@@ -481,11 +737,21 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that marks its request finished when it is dropped.
+    /// A response body that marks its request finished when it is dropped, and on HTTP/2
+    /// tells the stall watchdog whether it is waiting on the client.
     pub struct TrackedBody<B> {
         #[pin]
-        inner: B,
+        inner: Inner<B>,
+        stream: Option<Arc<StreamState>>,
         _in_flight: InFlight,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = InnerProj]
+    enum Inner<B> {
+        App { #[pin] body: B },
+        Fixed { bytes: Option<Bytes> },
     }
 }
 
@@ -495,28 +761,50 @@ impl<B> fmt::Debug for TrackedBody<B> {
     }
 }
 
-impl<B: Body> Body for TrackedBody<B> {
-    type Data = B::Data;
+impl<B: Body<Data = Bytes>> Body for TrackedBody<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        if let Some(stream) = this.stream {
+            stream.set_waiting(false);
+        }
+        let poll = match this.inner.project() {
+            InnerProj::App { body } => body.poll_frame(cx),
+            InnerProj::Fixed { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
+        if let (Some(stream), Poll::Ready(Some(Ok(_)))) = (this.stream, &poll) {
+            // Handed over; until hyper asks again, the client's window holds it up.
+            stream.set_waiting(true);
+        }
+        poll
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::App { body } => body.is_end_stream(),
+            Inner::Fixed { bytes } => bytes.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::App { body } => body.size_hint(),
+            Inner::Fixed { bytes } => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }
 
 /// The socket, with the header, idle and write timeouts enforced where hyper reads and
-/// writes.
+/// writes. It holds a share of the connection's slot, so after an upgrade (hyper hands this
+/// very object to the application) the connection stays counted and limited until the
+/// application drops it; and then the drain deadline still cuts it.
 struct TimedIo {
     inner: TcpStream,
     state: Arc<ConnState>,
@@ -526,20 +814,74 @@ struct TimedIo {
     /// Set while a write is stalled; created on the first stall.
     write_timer: Option<Pin<Box<Sleep>>>,
     write_stalled: bool,
+    ctx: ConnCtx,
+    /// After an upgrade: resolve when the drain deadline forces, one per direction (a split
+    /// WebSocket polls reads and writes from different tasks).
+    forced_read: Option<Pin<Box<dyn Future<Output = Phase> + Send>>>,
+    forced_write: Option<Pin<Box<dyn Future<Output = Phase> + Send>>>,
 }
 
 impl TimedIo {
-    fn new(inner: TcpStream, state: Arc<ConnState>, write_timeout: Option<Duration>) -> Self {
-        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+    fn new(
+        inner: TcpStream,
+        state: Arc<ConnState>,
+        write_timeout: Option<Duration>,
+        ctx: ConnCtx,
+    ) -> Self {
         TimedIo {
             inner,
             state,
-            read_timer: Box::pin(tokio::time::sleep_until(far)),
+            read_timer: Box::pin(tokio::time::sleep_until(far_future().into())),
             read_timer_at: None,
             write_timeout,
             write_timer: None,
             write_stalled: false,
+            ctx,
+            forced_read: None,
+            forced_write: None,
         }
+    }
+
+    /// After an upgrade, the error to return if the server has already been forced: an
+    /// application that only ever writes must be cut as well.
+    fn forced_now(&mut self) -> Option<io::Error> {
+        if self.state.upgraded.load(Ordering::Relaxed) && self.ctx.shutdown.phase() >= Phase::Forced
+        {
+            self.ctx.slot.mark_forced();
+            return Some(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server's drain deadline closed this connection",
+            ));
+        }
+        None
+    }
+
+    /// After an upgrade, fails once the drain deadline has forced the server (and counts the
+    /// connection as forced); before it, the connection's task is cut instead.
+    fn poll_forced(&mut self, cx: &mut Context<'_>, read: bool) -> Option<io::Error> {
+        if !self.state.upgraded.load(Ordering::Relaxed) {
+            return None;
+        }
+        let shutdown = &self.ctx.shutdown;
+        let slot = if read {
+            &mut self.forced_read
+        } else {
+            &mut self.forced_write
+        };
+        let fired = shutdown.phase() >= Phase::Forced
+            || slot
+                .get_or_insert_with(|| Box::pin(shutdown.reached(Phase::Forced)))
+                .as_mut()
+                .poll(cx)
+                .is_ready();
+        if !fired {
+            return None;
+        }
+        self.ctx.slot.mark_forced();
+        Some(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the server's drain deadline closed this connection",
+        ))
     }
 
     /// Called when a read is pending: fails once the applicable read deadline has passed.
@@ -580,16 +922,19 @@ impl TimedIo {
                 Poll::Ready(result)
             }
             Poll::Pending => {
+                if let Some(e) = self.poll_forced(cx, false) {
+                    return Poll::Ready(Err(e));
+                }
                 let Some(timeout) = self.write_timeout else {
                     return Poll::Pending;
                 };
-                let at = tokio::time::Instant::now() + timeout;
+                let at = after(timeout);
                 let timer = self
                     .write_timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
                 if !self.write_stalled {
                     self.write_stalled = true;
-                    timer.as_mut().reset(at);
+                    timer.as_mut().reset(at.into());
                 }
                 ready!(timer.as_mut().poll(cx));
                 Poll::Ready(Err(io::Error::new(
@@ -608,6 +953,9 @@ impl AsyncRead for TimedIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(e) = this.forced_now() {
+            return Poll::Ready(Err(e));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -617,11 +965,15 @@ impl AsyncRead for TimedIo {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => this.poll_read_deadline(cx).map(Err),
+            Poll::Pending => {
+                if let Some(e) = this.poll_forced(cx, true) {
+                    return Poll::Ready(Err(e));
+                }
+                this.poll_read_deadline(cx).map(Err)
+            }
         }
     }
 }
-
 impl AsyncWrite for TimedIo {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -629,6 +981,9 @@ impl AsyncWrite for TimedIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(e) = this.forced_now() {
+            return Poll::Ready(Err(e));
+        }
         let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.poll_write_side(cx, poll)
     }
@@ -639,6 +994,9 @@ impl AsyncWrite for TimedIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(e) = this.forced_now() {
+            return Poll::Ready(Err(e));
+        }
         let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.poll_write_side(cx, poll)
     }

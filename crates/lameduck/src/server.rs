@@ -14,8 +14,10 @@ use std::fmt;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -23,12 +25,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinError, JoinSet};
 
 use crate::accept::{AcceptError, Backoff, classify};
-use crate::admission::Admission;
+use crate::admission::{Admission, Permit};
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::report::Report;
 use crate::shutdown::{DEFAULT_DRAIN_TIMEOUT, Phase, Shutdown};
-use crate::tracker::Tracker;
+use crate::tracker::{ConnectionGuard, Tracker};
 
 /// How long tasks get to end after they were told to stop, before they are aborted.
 const FORCE_GRACE: Duration = Duration::from_secs(1);
@@ -230,23 +232,43 @@ impl Server {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
-        self.run(move |stream, conn| {
+        self.serve_with_slot(move |stream, conn, _slot| handler(stream, conn))
+            .await
+    }
+
+    /// [`serve`](Self::serve), with the connection's [`Slot`] handed to the handler, so that
+    /// what outlives the handler's future for that connection (an upgraded socket, HTTP/2
+    /// stream tasks) keeps the connection counted, limited and drained.
+    pub(crate) async fn serve_with_slot<H, Fut, E>(self, handler: H) -> Result<Report, Error>
+    where
+        H: Fn(TcpStream, Connection, Arc<Slot>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        self.run(move |stream, conn, slot| {
             // The handler is called here, in the accept loop; only its future goes to the task.
+            // A panic in that call (or in a service's `clone`) is caught and counted, and
+            // costs that connection only.
             // Boxed once: moved by value through the wrappers below, a large future (a hyper
             // connection is several KiB) would be stored again at every layer that awaits it.
-            let work = Box::pin(handler(stream, conn.clone()));
-            async move {
+            let id = conn.id();
+            let peer = conn.peer_addr();
+            let work = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                Box::pin(handler(stream, conn, slot))
+            }))
+            .ok()?;
+            Some(async move {
                 if let Err(e) = work.await {
-                    tracing::debug!(conn = conn.id(), peer = %conn.peer_addr(), error = %e, "connection ended with an error");
+                    tracing::debug!(conn = id, %peer, error = %e, "connection ended with an error");
                 }
-            }
+            })
         })
         .await
     }
 
     async fn run<S, Fut>(self, spawn_one: S) -> Result<Report, Error>
     where
-        S: Fn(TcpStream, Connection) -> Fut,
+        S: Fn(TcpStream, Connection, Arc<Slot>) -> Option<Fut>,
         Fut: Future<Output = ()> + Send + 'static,
     {
         if self.listeners.is_empty() {
@@ -289,7 +311,19 @@ impl Server {
         let wait_for_permit = self.overload == Overload::Wait;
         let mut permit = None;
         let mut next_listener = 0usize;
+        let mut asked_for_room = false;
         loop {
+            if permit.is_none() && wait_for_permit {
+                permit = self.admission.try_acquire();
+                if permit.is_none() && !asked_for_room {
+                    // At the limit: idle keep-alive connections are asked to make room.
+                    asked_for_room = true;
+                    self.admission.ask_for_room();
+                }
+            }
+            if permit.is_some() {
+                asked_for_room = false;
+            }
             tokio::select! {
                 biased;
                 _ = &mut stop_accepting => break,
@@ -318,19 +352,26 @@ impl Server {
                             }
                             // Registered here, before the task exists, so that counting and
                             // waiting cannot race.
-                            let mut guard = self.tracker.track();
-                            let permit = permit.take();
+                            let guard = self.tracker.track();
                             let conn = Connection::new(guard.id(), peer, listeners[idx].1, shutdown.clone());
-                            let work = spawn_one(stream, conn);
+                            let slot = Arc::new(Slot {
+                                guard,
+                                _permit: permit.take(),
+                                forced: AtomicBool::new(false),
+                            });
+                            let Some(work) = spawn_one(stream, conn, Arc::clone(&slot)) else {
+                                tracing::error!("connection handler panicked before its future started");
+                                panicked += 1;
+                                continue;
+                            };
                             let forced = shutdown.reached(Phase::Forced);
                             tasks.spawn(async move {
                                 tokio::select! {
                                     biased;
                                     _ = work => {}
-                                    _ = forced => guard.mark_forced(),
+                                    _ = forced => slot.mark_forced(),
                                 }
-                                drop(guard);
-                                drop(permit);
+                                drop(slot);
                             });
                         }
                         Err(e) => {
@@ -375,12 +416,15 @@ impl Server {
         let mut forced_early = pin!(shutdown.reached(Phase::Forced));
         let mut deadline_timer = pin!(tokio::time::sleep_until(deadline.into()));
         let clean = loop {
-            if tasks.is_empty() {
+            // Tasks first; then what outlives them (upgraded sockets, HTTP/2 stream tasks),
+            // which holds its connection's slot until it is gone.
+            if tasks.is_empty() && self.tracker.active() == 0 {
                 break true;
             }
             tokio::select! {
                 biased;
-                Some(result) = tasks.join_next() => panicked += reap(result),
+                Some(result) = tasks.join_next(), if !tasks.is_empty() => panicked += reap(result),
+                _ = self.tracker.idle(), if tasks.is_empty() => {}
                 _ = &mut forced_early => break false,
                 _ = &mut deadline_timer => break false,
                 _ = progress.tick() => {
@@ -395,12 +439,13 @@ impl Server {
             let grace = tokio::time::sleep(FORCE_GRACE);
             let mut grace = pin!(grace);
             loop {
+                if tasks.is_empty() && self.tracker.active() == 0 {
+                    break;
+                }
                 tokio::select! {
                     biased;
-                    next = tasks.join_next() => match next {
-                        Some(result) => panicked += reap(result),
-                        None => break,
-                    },
+                    Some(result) = tasks.join_next(), if !tasks.is_empty() => panicked += reap(result),
+                    _ = self.tracker.idle(), if tasks.is_empty() => {}
                     _ = &mut grace => {
                         tracing::warn!(tasks = tasks.len(), "tasks did not stop; aborting them");
                         tasks.abort_all();
@@ -417,12 +462,51 @@ impl Server {
             completed: self.tracker.completed(),
             forced: self.tracker.forced(),
             panicked,
-            stuck: 0,
+            // Held by something the server cannot cut: an upgraded socket whose application
+            // no longer polls it.
+            stuck: self.tracker.active() as u64,
             drain_duration: drain_start.elapsed(),
         };
         shutdown.finish();
         tracing::info!(phase = %Phase::Stopped, %report, "stopped");
         Ok(report)
+    }
+}
+
+/// One admitted connection's hold on the server: its tracker guard and its admission permit.
+///
+/// Shared between the connection's task and whatever outlives that task for the same
+/// connection (an upgraded socket handed to the application, HTTP/2 stream tasks), so the
+/// connection counts as open, holds its slot under the limit, and is waited for by the drain
+/// until the last of them is gone.
+pub(crate) struct Slot {
+    guard: ConnectionGuard,
+    _permit: Option<Permit>,
+    forced: AtomicBool,
+}
+
+impl Slot {
+    /// Counts the connection as forced (cut by the server) when the slot is released.
+    pub(crate) fn mark_forced(&self) {
+        // Relaxed: read in `drop`, after every clone of the `Arc` is gone (the last `Arc`
+        // drop synchronizes with the others).
+        self.forced.store(true, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slot")
+            .field("id", &self.guard.id())
+            .finish()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.forced.load(Ordering::Relaxed) {
+            self.guard.mark_forced();
+        }
     }
 }
 
