@@ -80,8 +80,9 @@ impl<B: Send + 'static> tower_service::Service<Request<B>> for AdminService {
 }
 
 /// Runs the admin endpoint until `stop` resolves. It is a lameduck HTTP server of its own,
-/// with a small connection limit and short timeouts; once the main server has stopped, it is
-/// told to stop too and given a second to finish.
+/// with a small connection limit and short timeouts; at the limit, idle connections are
+/// closed to make room, so clients that hold connections open cannot keep a probe out. Once
+/// the main server has stopped, it is told to stop too and given a second to finish.
 pub(crate) async fn run(
     listener: TcpListener,
     view: ServerView,
@@ -90,7 +91,8 @@ pub(crate) async fn run(
     let serve = lameduck::http::serve(listener, AdminService { view })
         .max_connections(64)
         .header_timeout(Duration::from_secs(5))
-        .idle_timeout(Duration::from_secs(30))
+        .idle_timeout(Duration::from_secs(10))
+        .close_idle_at_limit(true)
         .keep_alive_grace(Duration::ZERO)
         .drain_timeout(Duration::from_secs(1));
     let shutdown = serve.shutdown_handle();

@@ -21,7 +21,7 @@ use http_body::{Frame, SizeHint};
 use percent_encoding::percent_decode_str;
 use std::io::{Read as _, Seek as _};
 
-use crate::metrics::Metrics;
+use crate::metrics::{FileError, Metrics};
 
 /// The page served when no directory is given.
 const BUILTIN_PAGE: &str = include_str!("../assets/index.html");
@@ -29,6 +29,9 @@ const BUILTIN_PAGE: &str = include_str!("../assets/index.html");
 const CHUNK: usize = 128 * 1024;
 /// Files up to this size are read whole and sent from memory; larger ones are streamed.
 const SMALL_FILE: u64 = 256 * 1024;
+/// On HTTP/2, the first chunk of a streamed file, and the largest file read whole: what a
+/// stream stalled by its client's flow-control window holds.
+const FIRST_CHUNK_H2: usize = 16 * 1024;
 
 /// What `serve` serves: a directory, or the built-in page.
 #[derive(Debug)]
@@ -37,11 +40,17 @@ pub(crate) struct Files {
     root: Option<PathBuf>,
     list_dirs: bool,
     dotfiles: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl Files {
     /// Serves `dir` (which must exist and be a directory), or the built-in page.
-    pub(crate) fn new(dir: Option<&Path>, list_dirs: bool, dotfiles: bool) -> io::Result<Files> {
+    pub(crate) fn new(
+        dir: Option<&Path>,
+        list_dirs: bool,
+        dotfiles: bool,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Files> {
         let root = match dir {
             Some(dir) => {
                 let root = std::fs::canonicalize(dir)?;
@@ -59,6 +68,7 @@ impl Files {
             root,
             list_dirs,
             dotfiles,
+            metrics,
         })
     }
 
@@ -82,6 +92,18 @@ impl Files {
             Some(_) => self.serve_dir(&req),
         };
         if head {
+            // HEAD carries the headers GET would, Content-Length included (RFC 9110 9.3.2).
+            let status = resp.status();
+            if !resp.headers().contains_key(header::CONTENT_LENGTH)
+                && status != StatusCode::NOT_MODIFIED
+                && status != StatusCode::NO_CONTENT
+                && !status.is_informational()
+            {
+                if let Some(n) = http_body::Body::size_hint(resp.body()).exact() {
+                    resp.headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                }
+            }
             *resp.body_mut() = Body::Empty;
         }
         resp
@@ -117,13 +139,18 @@ impl Files {
             Ok(p) => p,
             Err(status) => return text(status, status.canonical_reason().unwrap_or("refused")),
         };
-        let Some((path, meta)) = self.inside(root, &root.join(&relative)) else {
-            return not_found();
+        let (path, meta) = match self.inside(root, &root.join(&relative)) {
+            Ok(Some(found)) => found,
+            Ok(None) => return not_found(),
+            Err(e) => return self.failure(&e, &relative),
         };
+        let http2 = req.version == http::Version::HTTP_2;
         if meta.is_dir() {
             if !uri_path.ends_with('/') {
-                // Relative links in the directory's page need the trailing slash.
-                let mut location = format!("{uri_path}/");
+                // Relative links in the directory's page need the trailing slash. The
+                // location is the path with its leading slashes folded into one: `//sub`
+                // must not become `//sub/`, which a browser reads as another host.
+                let mut location = format!("/{}/", uri_path.trim_start_matches(['/', '\\']));
                 if let Some(q) = req.uri.query() {
                     let _ = write!(location, "?{q}");
                 }
@@ -133,20 +160,50 @@ impl Files {
                 }
                 return resp;
             }
-            if let Some((index, meta)) = self.inside(root, &path.join("index.html")) {
-                if meta.is_file() {
-                    return self.file(root, &index, meta, &req.headers);
+            match self.inside(root, &path.join("index.html")) {
+                Ok(Some((index, meta))) if meta.is_file() => {
+                    return self.file(root, &index, meta, req, http2);
                 }
+                Ok(_) => {}
+                Err(e) => return self.failure(&e, &relative),
             }
             if self.list_dirs {
                 return self.listing(&path, uri_path);
             }
             return not_found();
         }
-        if !meta.is_file() {
+        // A file has one URL: `/file.txt/` is not a second one for it.
+        if !meta.is_file() || uri_path.ends_with('/') {
             return not_found();
         }
-        self.file(root, &path, meta, &req.headers)
+        self.file(root, &path, meta, req, http2)
+    }
+
+    /// The answer when the file system fails: `404` when the file is not there, `403` when it
+    /// may not be read, `503` with `Retry-After` when the process is out of descriptors or
+    /// memory (a momentary state: a CDN must not cache a 404 for a file that exists), `500`
+    /// for any other error. The last two are logged and counted.
+    fn failure(&self, e: &io::Error, what: &Path) -> Response<Body> {
+        match classify(e) {
+            Failure::NotFound => not_found(),
+            Failure::Forbidden => text(StatusCode::FORBIDDEN, "forbidden\n"),
+            Failure::Unavailable => {
+                tracing::warn!(path = %what.display(), error = %e, "cannot open a file: out of resources; answering 503");
+                self.metrics.count_file_error(FileError::Unavailable);
+                let mut resp = text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily unable to open the file\n",
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                resp
+            }
+            Failure::Io => {
+                tracing::error!(path = %what.display(), error = %e, "cannot read a file; answering 500");
+                self.metrics.count_file_error(FileError::Io);
+                text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the file\n")
+            }
+        }
     }
 
     /// The request path as a relative file path, or why it is refused.
@@ -184,13 +241,21 @@ impl Files {
     /// The usual case, no link on the way, costs one `lstat` per component below the root
     /// (the last one doubles as the metadata); only a path with a link in it is resolved
     /// whole with `canonicalize` and checked against the root.
-    fn inside(&self, root: &Path, path: &Path) -> Option<(PathBuf, std::fs::Metadata)> {
-        let rel = path.strip_prefix(root).ok()?;
+    ///
+    /// `Ok(None)` when the path does not exist or is not to be served; `Err` for a failure
+    /// that says nothing about the file (out of descriptors or memory, an I/O error).
+    fn inside(&self, root: &Path, path: &Path) -> io::Result<Option<(PathBuf, std::fs::Metadata)>> {
+        let Ok(rel) = path.strip_prefix(root) else {
+            return Ok(None);
+        };
         let mut current = root.to_path_buf();
         let mut meta = None;
         for component in rel.components() {
             current.push(component);
-            let m = std::fs::symlink_metadata(&current).ok()?;
+            let m = match absent(std::fs::symlink_metadata(&current))? {
+                Some(m) => m,
+                None => return Ok(None),
+            };
             if m.file_type().is_symlink() {
                 return self.inside_resolved(root, path);
             }
@@ -198,24 +263,31 @@ impl Files {
         }
         let meta = match meta {
             Some(m) => m,
-            None => std::fs::metadata(root).ok()?,
+            None => std::fs::metadata(root)?,
         };
-        Some((current, meta))
+        Ok(Some((current, meta)))
     }
 
     /// The slow path of [`inside`](Self::inside), for paths with symbolic links in them.
-    fn inside_resolved(&self, root: &Path, path: &Path) -> Option<(PathBuf, std::fs::Metadata)> {
-        let real = std::fs::canonicalize(path).ok()?;
-        let rest = real.strip_prefix(root).ok()?;
+    fn inside_resolved(
+        &self,
+        root: &Path,
+        path: &Path,
+    ) -> io::Result<Option<(PathBuf, std::fs::Metadata)>> {
+        let Some(real) = absent(std::fs::canonicalize(path))? else {
+            return Ok(None);
+        };
+        let Ok(rest) = real.strip_prefix(root) else {
+            return Ok(None);
+        };
         if !self.dotfiles
             && rest
                 .components()
                 .any(|c| matches!(c, Component::Normal(n) if n.to_string_lossy().starts_with('.')))
         {
-            return None;
+            return Ok(None);
         }
-        let meta = std::fs::metadata(&real).ok()?;
-        Some((real, meta))
+        Ok(absent(std::fs::metadata(&real))?.map(|meta| (real, meta)))
     }
 
     fn file(
@@ -223,23 +295,25 @@ impl Files {
         root: &Path,
         path: &Path,
         meta: std::fs::Metadata,
-        headers: &HeaderMap,
+        req: &Parts,
+        http2: bool,
     ) -> Response<Body> {
+        let headers = &req.headers;
         let content_type = content_type(path);
-        // A precompressed sibling, if the client takes it and it exists inside the root.
+        // A precompressed sibling, in the client's order of preference, if it exists inside
+        // the root.
         let mut chosen = (path.to_path_buf(), meta, None);
-        for (encoding, ext) in [("br", "br"), ("gzip", "gz")] {
-            if !accepts(headers, encoding) {
-                continue;
-            }
+        for (encoding, ext) in preferred_encodings(headers) {
             let mut sibling = path.as_os_str().to_owned();
             sibling.push(".");
             sibling.push(ext);
-            if let Some((sibling, m)) = self.inside(root, Path::new(&sibling)) {
-                if m.is_file() {
+            match self.inside(root, Path::new(&sibling)) {
+                Ok(Some((sibling, m))) if m.is_file() => {
                     chosen = (sibling, m, Some(encoding));
                     break;
                 }
+                Ok(_) => {}
+                Err(e) => return self.failure(&e, path),
             }
         }
         let (path, meta, encoding) = chosen;
@@ -262,11 +336,19 @@ impl Files {
         base.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         base.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
 
-        if not_modified(headers, &etag, modified) {
-            let mut resp = Response::new(Body::Empty);
-            *resp.status_mut() = StatusCode::NOT_MODIFIED;
-            *resp.headers_mut() = base;
-            return resp;
+        match preconditions(headers, &etag, modified, SystemTime::now()) {
+            Precondition::Proceed => {}
+            Precondition::NotModified => {
+                let mut resp = Response::new(Body::Empty);
+                *resp.status_mut() = StatusCode::NOT_MODIFIED;
+                *resp.headers_mut() = base;
+                return resp;
+            }
+            Precondition::Failed => {
+                let mut resp = text(StatusCode::PRECONDITION_FAILED, "precondition failed\n");
+                resp.headers_mut().extend(base);
+                return resp;
+            }
         }
 
         let range = match range_wanted(headers, &etag, last_modified.as_deref()) {
@@ -288,27 +370,57 @@ impl Files {
         let (start, end) = range.unwrap_or((0, len.saturating_sub(1)));
         let count = if len == 0 { 0 } else { end - start + 1 };
 
+        // Opened here, before any header goes out, so that a failure still gets a status
+        // that says what happened (503 when out of descriptors, not 404).
         let mut file = match std::fs::File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                return text(StatusCode::FORBIDDEN, "forbidden\n");
-            }
-            Err(_) => return not_found(),
+            Err(e) => return self.failure(&e, &path),
         };
-        if start > 0 && file.seek(io::SeekFrom::Start(start)).is_err() {
-            return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the file\n");
-        }
-        let body = if count <= SMALL_FILE {
-            // Small: read it here, while on the blocking pool anyway.
+        let body = if count <= SMALL_FILE && (!http2 || count <= FIRST_CHUNK_H2 as u64) {
+            // Small: read it whole now.
             let mut buf = Vec::with_capacity(count as usize);
-            if (&mut file).take(count).read_to_end(&mut buf).is_err() || buf.len() as u64 != count {
-                return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the file\n");
+            if start > 0 {
+                if let Err(e) = file.seek(io::SeekFrom::Start(start)) {
+                    return self.failure(&e, &path);
+                }
+            }
+            match (&mut file).take(count).read_to_end(&mut buf) {
+                Ok(_) if buf.len() as u64 == count => {}
+                Ok(_) => {
+                    return self.failure(
+                        &io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while read"),
+                        &path,
+                    );
+                }
+                Err(e) => return self.failure(&e, &path),
             }
             Body::Full(Bytes::from(buf))
+        } else if http2 {
+            // On HTTP/2 one connection carries up to 128 responses at once, each of which the
+            // client may hold back with its flow-control window. So the body keeps no file
+            // open between chunks (it reopens the same file, checked by identity, for each
+            // one) and starts with a small chunk that grows as the client keeps up: a stalled
+            // stream holds one small buffer and no descriptor.
+            match FileIdentity::of(&file) {
+                Ok(identity) => Body::File(FileStream {
+                    source: Source::Reopen { path, identity },
+                    offset: start,
+                    remaining: count,
+                    chunk: FIRST_CHUNK_H2,
+                }),
+                Err(e) => return self.failure(&e, &path),
+            }
         } else {
+            if start > 0 {
+                if let Err(e) = file.seek(io::SeekFrom::Start(start)) {
+                    return self.failure(&e, &path);
+                }
+            }
             Body::File(FileStream {
-                file,
+                source: Source::Open(file),
+                offset: start,
                 remaining: count,
+                chunk: CHUNK,
             })
         };
         let mut resp = Response::new(body);
@@ -330,8 +442,9 @@ impl Files {
     }
 
     fn listing(&self, dir: &Path, uri_path: &str) -> Response<Body> {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return not_found();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => return self.failure(&e, dir),
         };
         let mut names = Vec::new();
         for entry in entries.flatten() {
@@ -359,11 +472,14 @@ impl Files {
             );
         }
         page.push_str("</ul>\n</body>\n</html>\n");
+        let len = page.len();
         let mut resp = Response::new(Body::Full(Bytes::from(page)));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/html; charset=utf-8"),
         );
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         resp
     }
 }
@@ -404,22 +520,68 @@ fn content_type(path: &Path) -> HeaderValue {
     HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("application/octet-stream"))
 }
 
-/// Whether `Accept-Encoding` allows `coding` (with a non-zero quality).
-fn accepts(headers: &HeaderMap, coding: &str) -> bool {
-    headers
+/// The precompressed variants the client takes, best first, as `(coding, file extension)`.
+///
+/// RFC 9110 12.5.3: each coding's weight is its own entry's `q`, else the `*` entry's, else
+/// 0 (not acceptable). Parameter names are case-insensitive; a q-value that is not valid
+/// (`q=abc`, `q=1.5`) is not acceptance. On equal weights brotli comes first. A coding the
+/// client weighs below `identity` is not chosen.
+fn preferred_encodings(headers: &HeaderMap) -> Vec<(&'static str, &'static str)> {
+    let mut weights: Vec<(String, u16)> = Vec::new();
+    for item in headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|item| {
-            let mut parts = item.split(';').map(str::trim);
-            let name = parts.next().unwrap_or("");
-            let zero = parts.any(|p| {
-                p.strip_prefix("q=")
-                    .is_some_and(|q| q.parse::<f32>().is_ok_and(|q| q == 0.0))
-            });
-            name.eq_ignore_ascii_case(coding) && !zero
+    {
+        let mut parts = item.split(';');
+        let name = parts.next().unwrap_or("").trim();
+        if name.is_empty() {
+            continue;
+        }
+        let mut q = 1000;
+        for param in parts {
+            if let Some((k, v)) = param.split_once('=') {
+                if k.trim().eq_ignore_ascii_case("q") {
+                    q = parse_qvalue(v.trim()).unwrap_or(0);
+                }
+            }
+        }
+        weights.push((name.to_ascii_lowercase(), q));
+    }
+    let weight = |coding: &str| -> Option<u16> {
+        weights
+            .iter()
+            .filter(|(n, _)| n == coding)
+            .map(|(_, q)| *q)
+            .max()
+    };
+    let star = weight("*");
+    let identity = weight("identity").unwrap_or(0);
+    let mut out: Vec<(&'static str, &'static str, u16)> = [("br", "br"), ("gzip", "gz")]
+        .into_iter()
+        .filter_map(|(coding, ext)| {
+            let q = weight(coding).or(star).unwrap_or(0);
+            (q > 0 && q >= identity).then_some((coding, ext, q))
         })
+        .collect();
+    // Stable: brotli stays ahead of gzip on a tie.
+    out.sort_by(|a, b| b.2.cmp(&a.2));
+    out.into_iter().map(|(c, e, _)| (c, e)).collect()
+}
+
+/// A q-value (RFC 9110 12.4.2) in thousandths: `0`, `0.5`, `1`, `1.000`; `None` if invalid.
+fn parse_qvalue(v: &str) -> Option<u16> {
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let frac_value = format!("{frac:0<3}").parse::<u16>().ok()?;
+    match int {
+        "0" => Some(frac_value),
+        "1" if frac_value == 0 => Some(1000),
+        _ => None,
+    }
 }
 
 fn etag(len: u64, modified: Option<SystemTime>, encoding: Option<&str>) -> String {
@@ -432,30 +594,73 @@ fn etag(len: u64, modified: Option<SystemTime>, encoding: Option<&str>) -> Strin
     }
 }
 
-/// `If-None-Match` (weak comparison) first; `If-Modified-Since` only without it.
-fn not_modified(headers: &HeaderMap, etag: &str, modified: Option<SystemTime>) -> bool {
-    if let Some(inm) = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-    {
-        return inm
-            .split(',')
-            .map(str::trim)
-            .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag);
-    }
-    match (
+/// What the conditional headers make of a `GET` or `HEAD`.
+#[derive(Debug, PartialEq, Eq)]
+enum Precondition {
+    Proceed,
+    /// `304 Not Modified`.
+    NotModified,
+    /// `412 Precondition Failed`.
+    Failed,
+}
+
+/// RFC 9110 13.2.2, in its order: `If-Match` (strong comparison), else
+/// `If-Unmodified-Since`; then `If-None-Match` (weak comparison), else `If-Modified-Since`.
+/// A date that cannot be parsed is ignored, and so is an `If-Modified-Since` later than
+/// `now` (the client's clock is wrong; trusting it would answer 304 for a file that changed).
+fn preconditions(
+    headers: &HeaderMap,
+    etag: &str,
+    modified: Option<SystemTime>,
+    now: SystemTime,
+) -> Precondition {
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let date = |name: header::HeaderName| {
         headers
-            .get(header::IF_MODIFIED_SINCE)
+            .get(name)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok()),
-        modified,
-    ) {
-        (Some(since), Some(modified)) => {
-            let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            secs(modified) <= secs(since)
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+    };
+    let tags = |name: header::HeaderName| -> Option<Vec<String>> {
+        let mut all = Vec::new();
+        let mut seen = false;
+        for v in headers.get_all(name).iter() {
+            seen = true;
+            let v = v.to_str().ok()?;
+            all.extend(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned),
+            );
         }
-        _ => false,
+        seen.then_some(all)
+    };
+    if let Some(if_match) = tags(header::IF_MATCH) {
+        // Strong comparison: a weak tag never matches.
+        if !if_match.iter().any(|t| t == "*" || t == etag) {
+            return Precondition::Failed;
+        }
+    } else if let (Some(since), Some(modified)) = (date(header::IF_UNMODIFIED_SINCE), modified) {
+        if secs(modified) > secs(since) {
+            return Precondition::Failed;
+        }
     }
+    if let Some(if_none_match) = tags(header::IF_NONE_MATCH) {
+        if if_none_match
+            .iter()
+            .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+        {
+            return Precondition::NotModified;
+        }
+        return Precondition::Proceed;
+    }
+    if let (Some(since), Some(modified)) = (date(header::IF_MODIFIED_SINCE), modified) {
+        if since <= now && secs(modified) <= secs(since) {
+            return Precondition::NotModified;
+        }
+    }
+    Precondition::Proceed
 }
 
 /// The `Range` header to honour, unless `If-Range` says the representation changed.
@@ -483,49 +688,52 @@ enum RangeSpec {
     Unsatisfiable,
 }
 
+/// One `Range` header (RFC 9110 14.1.2). The unit is case-insensitive; positions are ASCII
+/// digits only (`+1` is not a number here, though Rust's parser would take it). Anything
+/// invalid, and several ranges, are ignored: the whole file is sent, as RFC 9110 allows.
 fn parse_range(spec: &str, len: u64) -> RangeSpec {
-    let Some(set) = spec.trim().strip_prefix("bytes=") else {
+    let Some((unit, set)) = spec.split_once('=') else {
         return RangeSpec::Whole;
     };
-    if set.contains(',') {
+    if !unit.trim().eq_ignore_ascii_case("bytes") || set.contains(',') {
         return RangeSpec::Whole;
     }
     let Some((first, last)) = set.trim().split_once('-') else {
         return RangeSpec::Whole;
     };
     let (first, last) = (first.trim(), last.trim());
-    let parsed = match (first.is_empty(), last.is_empty()) {
+    // A run of digits; too large for u64 saturates (it is past any file's end).
+    let number = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().unwrap_or(u64::MAX))
+    };
+    match (first.is_empty(), last.is_empty()) {
         // "-N": the last N bytes.
-        (true, false) => match last.parse::<u64>() {
-            Ok(0) => return RangeSpec::Unsatisfiable,
-            Ok(n) if len == 0 => {
-                return if n > 0 {
-                    RangeSpec::Unsatisfiable
-                } else {
-                    RangeSpec::Whole
-                };
-            }
-            Ok(n) => (len.saturating_sub(n), len - 1),
-            Err(_) => return RangeSpec::Whole,
+        (true, false) => match number(last) {
+            None => RangeSpec::Whole,
+            Some(0) => RangeSpec::Unsatisfiable,
+            // Nothing to cut a part from: the (empty) whole.
+            Some(_) if len == 0 => RangeSpec::Whole,
+            Some(n) => RangeSpec::Part(len.saturating_sub(n), len - 1),
         },
         // "N-": from N to the end.
-        (false, true) => match first.parse::<u64>() {
-            Ok(start) if start < len => (start, len - 1),
-            Ok(_) => return RangeSpec::Unsatisfiable,
-            Err(_) => return RangeSpec::Whole,
+        (false, true) => match number(first) {
+            None => RangeSpec::Whole,
+            Some(start) if start < len => RangeSpec::Part(start, len - 1),
+            Some(_) => RangeSpec::Unsatisfiable,
         },
-        (false, false) => match (first.parse::<u64>(), last.parse::<u64>()) {
-            (Ok(start), Ok(end)) if start <= end => {
+        (false, false) => match (number(first), number(last)) {
+            (Some(start), Some(end)) if start <= end => {
                 if start >= len {
-                    return RangeSpec::Unsatisfiable;
+                    RangeSpec::Unsatisfiable
+                } else {
+                    RangeSpec::Part(start, end.min(len - 1))
                 }
-                (start, end.min(len - 1))
             }
-            _ => return RangeSpec::Whole,
+            _ => RangeSpec::Whole,
         },
-        (true, true) => return RangeSpec::Whole,
-    };
-    RangeSpec::Part(parsed.0, parsed.1)
+        (true, true) => RangeSpec::Whole,
+    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -550,11 +758,129 @@ pub(crate) enum Body {
     File(FileStream),
 }
 
-/// The bytes of a file, read `CHUNK` at a time.
+/// The bytes of a file, read a chunk at a time as the connection asks for them.
 #[derive(Debug)]
 pub(crate) struct FileStream {
-    file: std::fs::File,
+    source: Source,
+    /// Where the next chunk starts.
+    offset: u64,
     remaining: u64,
+    /// Size of the next chunk.
+    chunk: usize,
+}
+
+/// Where a file body reads from.
+#[derive(Debug)]
+enum Source {
+    /// A file kept open (HTTP/1: one response at a time per connection, and a client that
+    /// stops reading is cut by the write timeout).
+    Open(std::fs::File),
+    /// A path reopened for each chunk and checked to be the same file (HTTP/2, where a
+    /// connection holds many responses that its client may stall).
+    Reopen {
+        path: PathBuf,
+        identity: FileIdentity,
+    },
+}
+
+/// What makes "the same file, unchanged": the inode, its size and its modification time.
+#[derive(Debug, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileIdentity {
+    fn of(file: &std::fs::File) -> io::Result<FileIdentity> {
+        let meta = file.metadata()?;
+        #[cfg(unix)]
+        let (dev, ino) = {
+            use std::os::unix::fs::MetadataExt as _;
+            (meta.dev(), meta.ino())
+        };
+        #[cfg(not(unix))]
+        let (dev, ino) = (0, 0);
+        Ok(FileIdentity {
+            dev,
+            ino,
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+}
+
+impl FileStream {
+    /// Reads the next chunk (at most `want` bytes) at `offset`.
+    fn read_chunk(&mut self, want: usize) -> io::Result<Bytes> {
+        let mut chunk = BytesMut::zeroed(want);
+        let n = match &mut self.source {
+            Source::Open(file) => read_retrying(file, &mut chunk)?,
+            Source::Reopen { path, identity } => {
+                let mut file = std::fs::File::open(&*path)?;
+                if FileIdentity::of(&file)? != *identity {
+                    return Err(io::Error::other("file changed while being sent"));
+                }
+                file.seek(io::SeekFrom::Start(self.offset))?;
+                read_retrying(&mut file, &mut chunk)?
+            }
+        };
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while being sent",
+            ));
+        }
+        chunk.truncate(n);
+        self.offset += n as u64;
+        self.remaining -= n as u64;
+        Ok(chunk.freeze())
+    }
+}
+
+fn read_retrying(file: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match file.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// How a failed file-system call is answered.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    NotFound,
+    Forbidden,
+    /// Out of descriptors or memory: a passing state.
+    Unavailable,
+    Io,
+}
+
+fn classify(e: &io::Error) -> Failure {
+    match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => return Failure::NotFound,
+        io::ErrorKind::PermissionDenied => return Failure::Forbidden,
+        io::ErrorKind::OutOfMemory => return Failure::Unavailable,
+        _ => {}
+    }
+    #[cfg(unix)]
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => return Failure::Unavailable,
+        Some(libc::ELOOP | libc::ENAMETOOLONG | libc::ENOTDIR) => return Failure::NotFound,
+        _ => {}
+    }
+    Failure::Io
+}
+
+/// `Ok(None)` for errors that mean "no such file", so lookups can tell them from failures.
+fn absent<T>(result: io::Result<T>) -> io::Result<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if classify(&e) == Failure::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 impl http_body::Body for Body {
@@ -577,26 +903,14 @@ impl http_body::Body for Body {
                 if f.remaining == 0 {
                     return Poll::Ready(None);
                 }
-                let want = f.remaining.min(CHUNK as u64) as usize;
+                let want = f.remaining.min(f.chunk as u64) as usize;
                 // Read right here, like the lookups in `respond`: a chunk from the page cache
                 // is a memory copy of microseconds, where a trip to the blocking pool per
                 // chunk (`tokio::fs`) halved the transfer rate.
-                let mut chunk = BytesMut::zeroed(want);
-                let n = loop {
-                    match f.file.read(&mut chunk) {
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        other => break other?,
-                    }
-                };
-                if n == 0 {
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "file shrank while being sent",
-                    ))));
-                }
-                chunk.truncate(n);
-                f.remaining -= n as u64;
-                Poll::Ready(Some(Ok(Frame::data(chunk.freeze()))))
+                let chunk = f.read_chunk(want)?;
+                // A client that keeps asking gets bigger chunks.
+                f.chunk = (f.chunk * 2).min(CHUNK);
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
             }
         }
     }
@@ -670,6 +984,7 @@ mod tests {
             root: None,
             list_dirs: false,
             dotfiles: false,
+            metrics: Arc::new(Metrics::new()),
         };
         for bad in [
             "/../x",
@@ -700,13 +1015,167 @@ mod tests {
     }
 
     #[test]
-    fn accept_encoding() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("gzip, deflate, br;q=0"),
+    fn strict_ranges() {
+        // Not ASCII digits: ignored, the whole file is sent.
+        assert_eq!(parse_range("bytes=+1-2", 100), RangeSpec::Whole);
+        assert_eq!(parse_range("bytes=1-+2", 100), RangeSpec::Whole);
+        assert_eq!(parse_range("bytes=-+1", 100), RangeSpec::Whole);
+        assert_eq!(parse_range("bytes=0x1-2", 100), RangeSpec::Whole);
+        // The unit is case-insensitive.
+        assert_eq!(parse_range("Bytes=0-1", 100), RangeSpec::Part(0, 1));
+        assert_eq!(parse_range("BYTES=5-", 10), RangeSpec::Part(5, 9));
+        // An empty file has no last byte to count back from: the empty whole.
+        assert_eq!(parse_range("bytes=-1", 0), RangeSpec::Whole);
+        assert_eq!(parse_range("bytes=0-", 0), RangeSpec::Unsatisfiable);
+        // Huge numbers saturate rather than being taken as garbage.
+        assert_eq!(
+            parse_range("bytes=99999999999999999999999-", 100),
+            RangeSpec::Unsatisfiable
         );
-        assert!(accepts(&h, "gzip"));
-        assert!(!accepts(&h, "br"));
+        assert_eq!(
+            parse_range("bytes=0-99999999999999999999999", 100),
+            RangeSpec::Part(0, 99)
+        );
+    }
+
+    fn accept(v: &'static str) -> Vec<&'static str> {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(v));
+        preferred_encodings(&h)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect()
+    }
+
+    #[test]
+    fn accept_encoding_weights() {
+        assert_eq!(accept("gzip, deflate, br;q=0"), ["gzip"]);
+        assert_eq!(accept("gzip, deflate, br"), ["br", "gzip"]);
+        assert_eq!(accept("br;q=0.1, gzip;q=1"), ["gzip", "br"]);
+        // Parameter names and codings are case-insensitive.
+        assert_eq!(accept("GZIP;Q=0.5, BR;Q=0.4"), ["gzip", "br"]);
+        assert_eq!(accept("gzip;Q=0"), Vec::<&str>::new());
+        // An invalid q-value is not acceptance.
+        assert_eq!(accept("gzip;q=abc, br;q=1.5"), Vec::<&str>::new());
+        assert_eq!(accept("gzip;q=0.1234"), Vec::<&str>::new());
+        // `*` stands for codings not named.
+        assert_eq!(accept("*;q=0.5, br;q=0"), ["gzip"]);
+        // Weighed below identity: not chosen.
+        assert_eq!(accept("identity;q=1, gzip;q=0.5"), Vec::<&str>::new());
+        assert_eq!(accept("identity"), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn qvalues() {
+        assert_eq!(parse_qvalue("1"), Some(1000));
+        assert_eq!(parse_qvalue("1.000"), Some(1000));
+        assert_eq!(parse_qvalue("0.5"), Some(500));
+        assert_eq!(parse_qvalue("0"), Some(0));
+        assert_eq!(parse_qvalue("1.5"), None);
+        assert_eq!(parse_qvalue("2"), None);
+        assert_eq!(parse_qvalue(""), None);
+        assert_eq!(parse_qvalue(".5"), None);
+    }
+
+    #[test]
+    fn conditional_order() {
+        let etag = "\"a-1\"";
+        let modified = UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let now = UNIX_EPOCH + std::time::Duration::from_secs(2_000_000);
+        let check = |pairs: &[(&'static str, String)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(*n, HeaderValue::from_str(v).unwrap());
+            }
+            preconditions(&h, etag, Some(modified), now)
+        };
+        let date =
+            |secs: u64| httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        assert_eq!(check(&[]), Precondition::Proceed);
+        assert_eq!(check(&[("if-match", etag.into())]), Precondition::Proceed);
+        assert_eq!(check(&[("if-match", "*".into())]), Precondition::Proceed);
+        assert_eq!(
+            check(&[("if-match", "\"other\"".into())]),
+            Precondition::Failed
+        );
+        // Strong comparison: a weak tag fails If-Match.
+        assert_eq!(
+            check(&[("if-match", format!("W/{etag}"))]),
+            Precondition::Failed
+        );
+        assert_eq!(
+            check(&[("if-unmodified-since", date(999_999))]),
+            Precondition::Failed
+        );
+        assert_eq!(
+            check(&[("if-unmodified-since", date(1_000_000))]),
+            Precondition::Proceed
+        );
+        // If-Match wins over If-Unmodified-Since.
+        assert_eq!(
+            check(&[("if-match", etag.into()), ("if-unmodified-since", date(1))]),
+            Precondition::Proceed
+        );
+        assert_eq!(
+            check(&[("if-none-match", format!("W/{etag}"))]),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            check(&[("if-modified-since", date(1_000_000))]),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            check(&[("if-modified-since", date(999_999))]),
+            Precondition::Proceed
+        );
+        // A date in the future is ignored.
+        assert_eq!(
+            check(&[("if-modified-since", date(3_000_000))]),
+            Precondition::Proceed
+        );
+        // If-None-Match present: If-Modified-Since is not looked at.
+        assert_eq!(
+            check(&[
+                ("if-none-match", "\"x\"".into()),
+                ("if-modified-since", date(1_000_000))
+            ]),
+            Precondition::Proceed
+        );
+        // Unparseable dates are ignored.
+        assert_eq!(
+            check(&[("if-unmodified-since", "yesterday".into())]),
+            Precondition::Proceed
+        );
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        assert_eq!(
+            classify(&io::Error::from(io::ErrorKind::NotFound)),
+            Failure::NotFound
+        );
+        assert_eq!(
+            classify(&io::Error::from(io::ErrorKind::PermissionDenied)),
+            Failure::Forbidden
+        );
+        #[cfg(unix)]
+        {
+            assert_eq!(
+                classify(&io::Error::from_raw_os_error(libc::EMFILE)),
+                Failure::Unavailable
+            );
+            assert_eq!(
+                classify(&io::Error::from_raw_os_error(libc::ENFILE)),
+                Failure::Unavailable
+            );
+            assert_eq!(
+                classify(&io::Error::from_raw_os_error(libc::ENOMEM)),
+                Failure::Unavailable
+            );
+            assert_eq!(
+                classify(&io::Error::from_raw_os_error(libc::EIO)),
+                Failure::Io
+            );
+        }
     }
 }

@@ -144,10 +144,12 @@ fn raise_fd_limit() {}
 
 fn serve(args: ServeArgs) -> Result<lameduck::Report, Box<dyn std::error::Error>> {
     let settings = Settings::resolve(args)?;
+    let metrics = Arc::new(Metrics::new());
     let files = Files::new(
         settings.dir.as_deref(),
         settings.list_dirs,
         settings.dotfiles,
+        Arc::clone(&metrics),
     )
     .map_err(|e| {
         let dir = settings
@@ -185,7 +187,6 @@ fn serve(args: ServeArgs) -> Result<lameduck::Report, Box<dyn std::error::Error>
         .enable_all()
         .build()?;
 
-    let metrics = Arc::new(Metrics::new());
     let service = StaticService {
         files: Arc::new(files),
         metrics: Arc::clone(&metrics),

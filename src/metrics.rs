@@ -12,13 +12,26 @@ use lameduck::{Admission, Phase, Shutdown, Tracker};
 pub(crate) struct Metrics {
     /// 1xx … 5xx.
     responses: [AtomicU64; 5],
+    /// Files that could not be read: for lack of descriptors or memory (answered 503), and
+    /// other I/O errors (answered 500).
+    file_errors: [AtomicU64; 2],
     started: Instant,
+}
+
+/// Why a file could not be served, as counted in `lameduck_file_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FileError {
+    /// Out of file descriptors or memory: `503` with `Retry-After`.
+    Unavailable = 0,
+    /// Any other I/O error: `500`.
+    Io = 1,
 }
 
 impl Metrics {
     pub(crate) fn new() -> Self {
         Metrics {
             responses: Default::default(),
+            file_errors: Default::default(),
             started: Instant::now(),
         }
     }
@@ -27,6 +40,11 @@ impl Metrics {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         // Relaxed: independent counters, read for reporting only.
         self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_file_error(&self, kind: FileError) {
+        // Relaxed: an independent counter.
+        self.file_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn uptime_s(&self) -> u64 {
@@ -136,6 +154,19 @@ impl ServerView {
             "counter",
             "Responses sent, by status class.",
             &classes,
+        );
+        let load = |k: FileError| self.metrics.file_errors[k as usize].load(Ordering::Relaxed);
+        metric(
+            "lameduck_file_errors_total",
+            "counter",
+            "Files that could not be read: unavailable (out of descriptors or memory, answered 503) or io (answered 500).",
+            &[
+                (
+                    "{kind=\"unavailable\"}",
+                    load(FileError::Unavailable).to_string(),
+                ),
+                ("{kind=\"io\"}", load(FileError::Io).to_string()),
+            ],
         );
         metric(
             "lameduck_drain_seconds",

@@ -533,6 +533,8 @@ struct ConnState {
     is_h2: AtomicBool,
     /// A `101 Switching Protocols` was sent: the socket belongs to the application now.
     upgraded: AtomicBool,
+    /// The client has sent at least one byte.
+    heard: AtomicBool,
     timeouts: Timeouts,
 }
 
@@ -548,6 +550,7 @@ impl ConnState {
             idle_since_ms: AtomicU64::new(0),
             is_h2: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
+            heard: AtomicBool::new(false),
             timeouts,
         }
     }
@@ -562,6 +565,9 @@ impl ConnState {
 
     /// Bytes arrived: if the connection was idle, a new request head has started.
     fn on_read(&self) {
+        if !self.heard.load(Ordering::Relaxed) {
+            self.heard.store(true, Ordering::Relaxed);
+        }
         if self.upgraded.load(Ordering::Relaxed) {
             self.idle_since_ms.store(self.now_ms(), Ordering::Relaxed);
             return;
@@ -574,11 +580,13 @@ impl ConnState {
         }
     }
 
-    /// No request in flight and none arriving: closing now loses nothing.
+    /// No request in flight and none arriving (between keep-alive requests, or not a byte
+    /// received since the accept): closing now loses nothing.
     fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0
-            && self.head_started_ms.load(Ordering::Relaxed) == NONE
             && !self.upgraded.load(Ordering::Relaxed)
+            && (self.head_started_ms.load(Ordering::Relaxed) == NONE
+                || !self.heard.load(Ordering::Relaxed))
     }
 
     fn request_started(self: &Arc<Self>, version: Version) -> InFlight {
