@@ -31,7 +31,7 @@ const CHUNK: usize = 128 * 1024;
 const SMALL_FILE: u64 = 256 * 1024;
 /// On HTTP/2, the first chunk of a streamed file, and the largest file read whole: what a
 /// stream stalled by its client's flow-control window holds.
-const FIRST_CHUNK_H2: usize = 16 * 1024;
+const FIRST_CHUNK_H2: usize = 4 * 1024;
 
 /// What `serve` serves: a directory, or the built-in page.
 #[derive(Debug)]

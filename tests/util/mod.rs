@@ -69,8 +69,15 @@ impl Lameduck {
             all.extend(["--admin", "127.0.0.1:0"]);
         }
         all.extend_from_slice(args);
-        let mut child = Command::new(bin())
-            .args(&all)
+        let mut cmd = Command::new(bin());
+        cmd.args(&all);
+        Lameduck::spawn(cmd, admin)
+    }
+
+    /// Starts `cmd` (a `lameduck serve` command line) with stderr captured, and waits until it
+    /// says where it listens (and where its admin endpoint is, when `admin`).
+    pub fn spawn(mut cmd: Command, admin: bool) -> Lameduck {
+        let mut child = cmd
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -333,5 +340,36 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Resident set size of process `pid`, in KiB (`VmRSS` in `/proc/PID/status`).
+pub fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Open file descriptors of process `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .count()
+}
+
+/// Polls `f` every 50 ms until it returns true or `within` passes; returns its last answer.
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
