@@ -264,16 +264,14 @@ fn out_of_descriptors_an_existing_file_is_503_not_404() {
 fn admin_answers_probes_while_clients_hold_its_connections() {
     let server = Lameduck::serve(&[], true);
     let admin = server.admin.unwrap();
-    // 100 connections, more than the admin endpoint's limit: some sent a request and stay
-    // as idle keep-alive connections, the others never say anything.
+    // 100 connections, more than the admin endpoint's limit: half never say anything, half
+    // send a request and then sit on the connection as idle keep-alive clients.
     let mut held = Vec::new();
     for i in 0..100 {
         let mut s = connect(admin);
-        if i % 2 == 0 {
+        if i >= 50 {
             s.write_all(b"GET /live HTTP/1.1\r\nHost: t\r\n\r\n")
                 .unwrap();
-            let mut buf = [0u8; 256];
-            let _ = s.read(&mut buf);
         }
         held.push(s);
     }
