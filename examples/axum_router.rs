@@ -11,6 +11,9 @@
 //! - `/stream`: a chunk every 100 ms, forever (the drain deadline cuts it);
 //! - `/events`: server-sent events, a tick every 100 ms until the server drains, then `bye`
 //!   and the end of the stream (it watches the request's `lameduck::Connection`);
+//! - `/ws`: a WebSocket echo; when the server starts draining it sends a close frame (1001,
+//!   "server draining") and ends once the client answers. It stays counted, limited and
+//!   drained like any connection, and the deadline cuts it if the client never answers;
 //! - `/ready`: 200 while running, 503 once the lame-duck period begins.
 //!
 //! SIGINT/SIGTERM: lame duck (still serving, `/ready` says 503), then drain (listeners closed,
@@ -25,6 +28,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Extension, Query};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -129,9 +133,53 @@ async fn events(Extension(conn): Extension<lameduck::Connection>) -> Response {
     ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
 }
 
+/// Echoes text and binary messages until the client closes; when the drain starts, says so
+/// with a close frame and waits (bounded by the drain deadline) for the client's reply.
+async fn ws(
+    upgrade: WebSocketUpgrade,
+    Extension(conn): Extension<lameduck::Connection>,
+) -> Response {
+    upgrade.on_upgrade(move |socket| echo(socket, conn))
+}
+
+async fn echo(mut socket: WebSocket, conn: lameduck::Connection) {
+    let draining = conn.draining();
+    tokio::pin!(draining);
+    loop {
+        tokio::select! {
+            _ = &mut draining => {
+                let bye = Message::Close(Some(CloseFrame {
+                    code: close_code::AWAY,
+                    reason: "server draining".into(),
+                }));
+                if socket.send(bye).await.is_err() {
+                    return;
+                }
+                // The closing handshake: the client's close frame ends it.
+                while let Some(Ok(msg)) = socket.recv().await {
+                    if matches!(msg, Message::Close(_)) {
+                        return;
+                    }
+                }
+                return;
+            }
+            msg = socket.recv() => match msg {
+                Some(Ok(msg @ (Message::Text(_) | Message::Binary(_)))) => {
+                    if socket.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}
+
 fn app(readiness: Readiness) -> Router {
     Router::new()
         .route("/", get(hello))
+        .route("/ws", get(ws))
         .route("/slow", get(slow))
         .route("/stream", get(stream))
         .route("/events", get(events))
