@@ -566,7 +566,7 @@ fn preferred_encodings(headers: &HeaderMap) -> Vec<(&'static str, &'static str)>
         })
         .collect();
     // Stable: brotli stays ahead of gzip on a tie.
-    out.sort_by(|a, b| b.2.cmp(&a.2));
+    out.sort_by_key(|e| std::cmp::Reverse(e.2));
     out.into_iter().map(|(c, e, _)| (c, e)).collect()
 }
 
