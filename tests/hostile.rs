@@ -9,6 +9,7 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+
 use std::time::{Duration, Instant};
 
 use util::{Lameduck, TempDir, connect, eventually, fd_count, get, rss_kb};
@@ -195,8 +196,15 @@ fn serve_with_fd_limit(dir: &TempDir, limit: u64) -> Lameduck {
             Ok(())
         });
     }
-    cmd.args(["serve", dir.arg(), "--listen", "127.0.0.1:0"]);
-    Lameduck::spawn(cmd, false)
+    cmd.args([
+        "serve",
+        dir.arg(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    Lameduck::spawn(cmd, true)
 }
 
 #[test]
@@ -255,9 +263,20 @@ fn out_of_descriptors_an_existing_file_is_503_not_404() {
     // Once descriptors are free again, the file is served.
     drop(held);
     assert!(eventually(Duration::from_secs(10), || {
-        let s = TcpStream::connect(server.addr);
-        s.is_ok() && get(server.addr, "/file.txt", &[]).status == 200
+        get(server.addr, "/file.txt", &[]).status == 200
     }));
+    // And the failures were counted.
+    let metrics = server.admin_get("/metrics").text();
+    let counted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lameduck_file_errors_total{kind=\"unavailable\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("lameduck_file_errors_total in /metrics");
+    // At least the ones seen here (the retries above may have met a full table too).
+    assert!(
+        counted as usize >= unavailable,
+        "{counted} < {unavailable}: {metrics}"
+    );
 }
 
 #[test]
