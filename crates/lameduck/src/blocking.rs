@@ -31,7 +31,7 @@ use crate::admission::{Admission, Permit};
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::report::Report;
-use crate::shutdown::{DEFAULT_DRAIN_TIMEOUT, Phase, Shutdown};
+use crate::shutdown::{DEFAULT_DRAIN_TIMEOUT, Phase, Shutdown, instant_after};
 use crate::tracker::{ConnectionGuard, Tracker};
 
 /// Default number of worker threads.
@@ -167,7 +167,9 @@ impl Server {
         self
     }
 
-    /// Uses `shutdown` as this server's handle instead of a fresh one.
+    /// Runs this server on `shutdown`, a handle other servers may share: triggering it drains
+    /// them all, each server keeps its own deadline, and the shared handle reaches `Stopped`
+    /// when the last one stops.
     pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
         self.shutdown = shutdown;
         self
@@ -214,8 +216,10 @@ impl Server {
             tracing::info!(%addr, "listening");
             listeners.push((listener, addr));
         }
+        // This server's own lifecycle, on the (possibly shared) handle it was given.
+        let shutdown = self.shutdown.member();
         let shared = Arc::new(Shared {
-            shutdown: self.shutdown.clone(),
+            shutdown: shutdown.clone(),
             tracker: self.tracker.clone(),
             open: Mutex::new(HashMap::new()),
             listeners: RwLock::new(Some(listeners)),
@@ -226,7 +230,7 @@ impl Server {
 
         let admission = Admission::new(self.threads);
         // A failed wake means the poller is gone, and so is the acceptor: nothing to do.
-        let _on_change = self.shutdown.on_change({
+        let _on_change = shutdown.on_change({
             let waker = Arc::clone(&waker);
             Arc::new(move || drop(waker.wake()))
         });
@@ -276,13 +280,20 @@ impl Server {
             let _ = poll.registry().deregister(&mut listener);
         }
         let drain_start = Instant::now();
-        self.shutdown.begin_drain(self.drain_timeout);
-        let deadline = self.shutdown.deadline().unwrap_or(drain_start);
-        tracing::info!(phase = %self.shutdown.phase(), active = self.tracker.active(), timeout = ?self.drain_timeout, "draining: listeners closed");
+        shutdown.begin_drain(self.drain_timeout);
+        let deadline = shutdown
+            .deadline()
+            .unwrap_or_else(|| instant_after(drain_start, self.drain_timeout));
+        tracing::info!(phase = %shutdown.phase(), active = self.tracker.active(), timeout = ?self.drain_timeout, "draining: listeners closed");
 
-        let clean = drain(&mut poll, &self.shutdown, &self.tracker, deadline);
-        if !clean {
-            self.shutdown.force();
+        let clean = drain(&mut poll, &shutdown, &self.tracker, deadline);
+        // One grace, shared by the handlers' return and the workers' join: `run` never takes
+        // longer than the deadline plus one grace.
+        let grace_end = if clean {
+            // Nothing is running: the workers only have to notice the closed queue.
+            instant_after(Instant::now(), self.force_grace)
+        } else {
+            shutdown.force();
             let streams: Vec<TcpStream> = lock(&shared.open).drain().map(|(_, s)| s).collect();
             tracing::warn!(phase = %Phase::Forced, active = streams.len(), "shutting down remaining connections");
             for stream in &streams {
@@ -290,10 +301,11 @@ impl Server {
                 let _ = stream.shutdown(Direction::Both);
             }
             drop(streams);
-            self.tracker
-                .wait_idle_deadline(Instant::now() + self.force_grace);
-        }
-        let stuck = pool.stop(Instant::now() + self.force_grace);
+            let grace_end = instant_after(Instant::now(), self.force_grace);
+            self.tracker.wait_idle_deadline(grace_end);
+            grace_end
+        };
+        let stuck = pool.stop(grace_end);
         let report = Report {
             accepted: self.tracker.accepted(),
             completed: self.tracker.completed(),
@@ -302,7 +314,7 @@ impl Server {
             stuck,
             drain_duration: drain_start.elapsed(),
         };
-        self.shutdown.finish();
+        shutdown.finish();
         tracing::info!(phase = %Phase::Stopped, %report, "stopped");
         Ok(report)
     }
@@ -436,7 +448,7 @@ impl AcceptCtx<'_> {
                     .iter()
                     .find(|(p, _)| *p == Phase::LameDuck)
                     .map_or_else(Instant::now, |(_, at)| *at);
-                Some(since + self.lame_duck)
+                Some(instant_after(since, self.lame_duck))
             }
             _ => Some(Instant::now()),
         }

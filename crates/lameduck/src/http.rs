@@ -51,7 +51,7 @@ use crate::connection::Connection;
 use crate::error::Error;
 use crate::report::Report;
 use crate::server::{IntoListener, Overload, Server, Slot};
-use crate::shutdown::{Phase, Shutdown};
+use crate::shutdown::{Phase, Shutdown, instant_after};
 use crate::tracker::Tracker;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -222,9 +222,27 @@ impl<S> Serve<S> {
         self
     }
 
-    /// Uses `shutdown` as the server's handle.
+    /// Runs this server on `shutdown`, a handle other servers may share (see
+    /// [`Server::with_shutdown`]).
     pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
         self.server = self.server.with_shutdown(shutdown);
+        self
+    }
+
+    /// Triggers the shutdown when `signal` resolves, as axum's `with_graceful_shutdown`:
+    ///
+    /// ```no_run
+    /// # async fn run(app: axum::Router, listener: tokio::net::TcpListener) -> Result<(), lameduck::Error> {
+    /// lameduck::http::serve(listener, app)
+    ///     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_graceful_shutdown(
+        mut self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.server = self.server.with_graceful_shutdown(signal);
         self
     }
 
@@ -603,10 +621,7 @@ impl ConnState {
     /// not woken when the last response finishes, so it checks back after at most one idle
     /// period instead).
     fn read_deadline(&self) -> Option<(Instant, Option<&'static str>)> {
-        let at = |ms: u64, d: Duration| {
-            let base = self.start + Duration::from_millis(ms);
-            base.checked_add(d).unwrap_or_else(far_future)
-        };
+        let at = |ms: u64, d: Duration| instant_after(self.start + Duration::from_millis(ms), d);
         if self.upgraded.load(Ordering::Relaxed) {
             // The request-head timer means nothing on a WebSocket: only the (optional) idle
             // timeout for upgraded connections applies.
@@ -635,16 +650,14 @@ impl ConnState {
     }
 }
 
-/// A point in time far enough away to mean "never" (about 30 years), which `Instant` and
-/// tokio's timer can both hold. `Duration::MAX` and its kin saturate to it.
+/// A point in time far enough away to mean "never".
 fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+    after(Duration::MAX)
 }
 
-/// `now + d`, saturated to [`far_future`].
+/// `now + d`, saturated: `Duration::MAX` and its kin mean "never", not an overflow.
 fn after(d: Duration) -> Instant {
-    let far = far_future();
-    Instant::now().checked_add(d).map_or(far, |t| t.min(far))
+    instant_after(Instant::now(), d)
 }
 
 /// One request in flight; dropped when its response body is finished (or abandoned).

@@ -15,7 +15,7 @@ use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
@@ -97,6 +97,7 @@ pub struct Server {
     nodelay: bool,
     overload: Overload,
     shed_response: Arc<[u8]>,
+    signal: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 /// What the server does with a client that arrives when `max_connections` are already open.
@@ -149,6 +150,7 @@ impl Server {
             nodelay: true,
             overload: Overload::Wait,
             shed_response: Arc::from(&b""[..]),
+            signal: None,
         }
     }
 
@@ -196,9 +198,23 @@ impl Server {
         self
     }
 
-    /// Uses `shutdown` as this server's handle instead of a fresh one.
+    /// Runs this server on `shutdown`, a handle that other servers may share (an application
+    /// and its admin endpoint, say): triggering it drains them all, while each server keeps
+    /// its own deadline, and the shared handle reaches `Stopped` when the last one stops.
     pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
         self.shutdown = shutdown;
+        self
+    }
+
+    /// Triggers the shutdown when `signal` resolves, as axum's `with_graceful_shutdown`
+    /// does: `serve(...).with_graceful_shutdown(async { ctrl_c().await.ok(); })`. The
+    /// server's handle is triggered (lame duck first, if set, then the drain); a future that
+    /// never resolves changes nothing.
+    pub fn with_graceful_shutdown(
+        mut self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.signal = Some(Box::pin(signal));
         self
     }
 
@@ -284,8 +300,15 @@ impl Server {
             listeners.push((listener, addr));
         }
 
-        let shutdown = self.shutdown;
-        let mut tasks = JoinSet::new();
+        // This server's own lifecycle, on the (possibly shared) handle it was given.
+        let group = self.shutdown;
+        let shutdown = group.member();
+        let mut run = RunState {
+            shutdown: shutdown.clone(),
+            tasks: JoinSet::new(),
+            finished: false,
+        };
+        let tasks = &mut run.tasks;
         let mut panicked = 0u64;
 
         // Ends when accepting must stop: the lame-duck period after a trigger is over, or
@@ -293,7 +316,22 @@ impl Server {
         let stop_accepting = {
             let shutdown = shutdown.clone();
             let lame_duck = self.lame_duck;
+            let signal = self.signal;
             async move {
+                let on_signal = async {
+                    match signal {
+                        Some(signal) => {
+                            signal.await;
+                            tracing::info!("graceful shutdown signal received");
+                            group.trigger();
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = shutdown.reached(Phase::LameDuck) => {}
+                    _ = on_signal => {}
+                }
                 shutdown.reached(Phase::LameDuck).await;
                 if shutdown.phase() == Phase::LameDuck && !lame_duck.is_zero() {
                     tracing::info!(phase = %Phase::LameDuck, period = ?lame_duck, "lame duck: not ready, still serving");
@@ -358,6 +396,7 @@ impl Server {
                                 guard,
                                 _permit: permit.take(),
                                 forced: AtomicBool::new(false),
+                                shutdown: shutdown.clone(),
                             });
                             let Some(work) = spawn_one(stream, conn, Arc::clone(&slot)) else {
                                 tracing::error!("connection handler panicked before its future started");
@@ -406,7 +445,8 @@ impl Server {
         drop(permit);
         let drain_start = Instant::now();
         shutdown.begin_drain(self.drain_timeout);
-        let deadline = shutdown.deadline().unwrap_or(drain_start);
+        // No deadline (a timeout too large to add up, such as `Duration::MAX`) means never.
+        let deadline = shutdown.deadline();
         tracing::info!(phase = %shutdown.phase(), active = self.tracker.active(), timeout = ?self.drain_timeout, "draining: listeners closed");
 
         let mut progress = tokio::time::interval_at(
@@ -414,7 +454,12 @@ impl Server {
             Duration::from_secs(1),
         );
         let mut forced_early = pin!(shutdown.reached(Phase::Forced));
-        let mut deadline_timer = pin!(tokio::time::sleep_until(deadline.into()));
+        let mut deadline_timer = pin!(async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        });
         let clean = loop {
             // Tasks first; then what outlives them (upgraded sockets, HTTP/2 stream tasks),
             // which holds its connection's slot until it is gone.
@@ -428,7 +473,7 @@ impl Server {
                 _ = &mut forced_early => break false,
                 _ = &mut deadline_timer => break false,
                 _ = progress.tick() => {
-                    let left = deadline.saturating_duration_since(Instant::now());
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                     tracing::info!(active = self.tracker.active(), deadline_in = ?left, "draining");
                 }
             }
@@ -467,6 +512,7 @@ impl Server {
             stuck: self.tracker.active() as u64,
             drain_duration: drain_start.elapsed(),
         };
+        run.finished = true;
         shutdown.finish();
         tracing::info!(phase = %Phase::Stopped, %report, "stopped");
         Ok(report)
@@ -483,6 +529,8 @@ pub(crate) struct Slot {
     guard: ConnectionGuard,
     _permit: Option<Permit>,
     forced: AtomicBool,
+    /// The server's own lifecycle: a connection still open once it is forced was cut.
+    shutdown: Shutdown,
 }
 
 impl Slot {
@@ -504,9 +552,34 @@ impl fmt::Debug for Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if self.forced.load(Ordering::Relaxed) {
+        // Also when the server's future was dropped: its tasks are aborted, not told.
+        if self.forced.load(Ordering::Relaxed) || self.shutdown.phase() >= Phase::Forced {
             self.guard.mark_forced();
         }
+    }
+}
+
+/// What `run` must leave truthful even if its future is dropped half-way (a `select!` that
+/// picked another branch): the lifecycle ends Forced then Stopped, so nothing waits forever,
+/// and the connection tasks are aborted and counted as forced.
+struct RunState {
+    shutdown: Shutdown,
+    tasks: JoinSet<()>,
+    finished: bool,
+}
+
+impl Drop for RunState {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        tracing::warn!(
+            active = self.tasks.len(),
+            "server dropped before it finished: connections cut"
+        );
+        self.shutdown.force();
+        self.tasks.abort_all();
+        self.shutdown.finish();
     }
 }
 

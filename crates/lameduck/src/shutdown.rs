@@ -13,7 +13,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use event_listener::{Event, Listener};
@@ -71,6 +71,15 @@ impl fmt::Display for Phase {
     }
 }
 
+/// About thirty years: far enough to mean "never", near enough for `Instant` and every timer.
+const NEVER: Duration = Duration::from_secs(30 * 365 * 86_400);
+
+/// `at + d`, saturated at [`NEVER`]: `Duration::MAX` as a timeout means "no limit", never an
+/// overflow panic.
+pub(crate) fn instant_after(at: Instant, d: Duration) -> Instant {
+    at + d.min(NEVER)
+}
+
 /// A cloneable handle to one server's lifecycle.
 ///
 /// # Invariants
@@ -91,6 +100,11 @@ struct Inner {
     state: Mutex<State>,
     changed: Event,
     hooks: Arc<Hooks>,
+    /// The servers running on this handle, each with a lifecycle of its own (see
+    /// [`Shutdown::member`]). Weak: a server's lifecycle ends with the server.
+    members: Mutex<Vec<Weak<Inner>>>,
+    /// For a server's own lifecycle: the shared handle it was started on.
+    group: Option<Arc<Inner>>,
 }
 
 struct State {
@@ -118,6 +132,10 @@ impl Default for Shutdown {
 impl Shutdown {
     /// A new handle in [`Phase::Running`].
     pub fn new() -> Self {
+        Self::with_group(None)
+    }
+
+    fn with_group(group: Option<Arc<Inner>>) -> Self {
         Shutdown {
             inner: Arc::new(Inner {
                 phase: AtomicU8::new(Phase::Running as u8),
@@ -128,8 +146,78 @@ impl Shutdown {
                 }),
                 changed: Event::new(),
                 hooks: Arc::new(Hooks::default()),
+                members: Mutex::new(Vec::new()),
+                group,
             }),
         }
+    }
+
+    /// A lifecycle of its own for one server started on this (shared) handle.
+    ///
+    /// Several servers can share one handle (an application and its admin endpoint, say):
+    /// each runs on a member of it. A trigger or a force given to the shared handle reaches
+    /// every member; what a server does on its own (closing its listeners, cutting its
+    /// connections at *its* deadline, stopping) changes only its member. The shared handle
+    /// follows its members: it is `Draining` once every member is, `Stopped` once every
+    /// member has stopped. So the first server to finish never cuts another one's
+    /// connections.
+    pub(crate) fn member(&self) -> Shutdown {
+        let member = Shutdown::with_group(Some(Arc::clone(&self.inner)));
+        {
+            let mut members = self
+                .inner
+                .members
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            members.retain(|m| m.strong_count() > 0);
+            members.push(Arc::downgrade(&member.inner));
+        }
+        // Registered first, then caught up: a trigger in between reaches it either way, and
+        // `raise_to` does not count it twice.
+        match self.phase() {
+            Phase::Running => {}
+            Phase::LameDuck | Phase::Draining => {
+                member.raise_to(Phase::LameDuck);
+            }
+            Phase::Forced | Phase::Stopped => {
+                member.raise_to(Phase::Forced);
+            }
+        }
+        member
+    }
+
+    /// Moves to `next` if the phase is earlier; returns the phase after the call.
+    fn raise_to(&self, next: Phase) -> Phase {
+        let state = self.lock();
+        if state.phase >= next {
+            return state.phase;
+        }
+        self.advance(state, next, None)
+    }
+
+    fn live_members(&self) -> Vec<Shutdown> {
+        self.inner
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|inner| Shutdown { inner })
+            .collect()
+    }
+
+    /// A shared handle catches up with its members: the phase every one of them has reached.
+    fn follow_members(&self) {
+        let members = self.live_members();
+        let Some(least) = members.iter().map(Shutdown::phase).min() else {
+            return;
+        };
+        let state = self.lock();
+        if least <= state.phase {
+            return;
+        }
+        let deadline = members.iter().filter_map(Shutdown::deadline).max();
+        self.advance(state, least, deadline);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -192,19 +280,20 @@ impl Shutdown {
         self.advance(state, Phase::Forced, None)
     }
 
-    /// Enters [`Phase::Draining`] with a deadline `timeout` from now. A server calls this once
-    /// its listeners are closed; it does nothing if draining has already begun.
-    pub fn begin_drain(&self, timeout: Duration) -> Phase {
+    /// Enters [`Phase::Draining`] with a deadline `timeout` from now (`Duration::MAX` and
+    /// its kin saturate: no deadline in practice). A server calls this once its
+    /// listeners are closed; it does nothing if draining has already begun.
+    pub(crate) fn begin_drain(&self, timeout: Duration) -> Phase {
         let state = self.lock();
         if state.phase >= Phase::Draining {
             return state.phase;
         }
-        let deadline = Instant::now().checked_add(timeout);
-        self.advance(state, Phase::Draining, deadline)
+        let deadline = instant_after(Instant::now(), timeout);
+        self.advance(state, Phase::Draining, Some(deadline))
     }
 
     /// Enters [`Phase::Stopped`]. A server calls this when everything it started is gone.
-    pub fn finish(&self) -> Phase {
+    pub(crate) fn finish(&self) -> Phase {
         let state = self.lock();
         if state.phase == Phase::Stopped {
             return Phase::Stopped;
@@ -232,6 +321,19 @@ impl Shutdown {
         drop(state);
         self.inner.changed.notify(usize::MAX);
         self.inner.hooks.fire();
+        // A trigger or a force given to a shared handle reaches every server on it.
+        if matches!(next, Phase::LameDuck | Phase::Forced) {
+            for member in self.live_members() {
+                member.raise_to(next);
+            }
+        }
+        // And a shared handle follows its servers.
+        if let Some(group) = &self.inner.group {
+            Shutdown {
+                inner: Arc::clone(group),
+            }
+            .follow_members();
+        }
         next
     }
 
