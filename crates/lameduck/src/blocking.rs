@@ -267,6 +267,10 @@ impl Server {
         };
         ctx.accept_loop(&mut poll);
         wake_on_release.store(true, Ordering::SeqCst);
+        let mut pool = pool;
+        // No job is queued after the acceptor stops: idle workers may end now, so that joining
+        // them later costs nothing of the grace.
+        pool.close();
 
         // Closing the listeners refuses new connections; only then is the phase Draining.
         // Workers take the read lock to accept, so none can accept after this.
@@ -437,7 +441,7 @@ struct AcceptCtx<'a> {
 impl AcceptCtx<'_> {
     /// When accepting must stop: `None` while running, the end of the lame-duck period after
     /// a trigger, or now once someone moved the phase further.
-    fn stop_at(&self) -> Option<Instant> {
+    fn stop_at(&self, now: Instant) -> Option<Instant> {
         match self.shared.shutdown.phase() {
             Phase::Running => None,
             Phase::LameDuck => {
@@ -450,7 +454,9 @@ impl AcceptCtx<'_> {
                     .map_or_else(Instant::now, |(_, at)| *at);
                 Some(instant_after(since, self.lame_duck))
             }
-            _ => Some(Instant::now()),
+            // `now`, not a fresh reading: the caller stops when `at <= now`, and a later
+            // clock reading would never be, leaving the acceptor spinning past a force.
+            _ => Some(now),
         }
     }
 
@@ -473,7 +479,7 @@ impl AcceptCtx<'_> {
         let mut announced_lame_duck = false;
         loop {
             let now = Instant::now();
-            let stop_at = self.stop_at();
+            let stop_at = self.stop_at(now);
             if let Some(at) = stop_at {
                 if at <= now {
                     return;
@@ -695,10 +701,15 @@ impl Pool {
         }
     }
 
+    /// Closes the queue: idle workers end, busy ones end after their connection.
+    fn close(&mut self) {
+        drop(self.sender.take());
+    }
+
     /// Closes the queue and joins every worker that finishes by `deadline`; returns how many
     /// did not (their threads are left behind, detached).
     fn stop(mut self, deadline: Instant) -> u64 {
-        drop(self.sender.take());
+        self.close();
         let mut remaining = self.workers.iter().filter(|w| w.is_some()).count();
         while remaining > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
