@@ -18,7 +18,7 @@ use std::fmt;
 use std::io;
 use std::net::{Shutdown as Direction, SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::accept::{AcceptError, Backoff, classify};
+use crate::accept::AcceptBackoff;
 use crate::admission::{Admission, Permit};
 use crate::connection::Connection;
 use crate::error::Error;
@@ -223,6 +223,7 @@ impl Server {
             tracker: self.tracker.clone(),
             open: Mutex::new(HashMap::new()),
             listeners: RwLock::new(Some(listeners)),
+            next_listener: AtomicUsize::new(0),
             read_timeout: self.read_timeout,
             write_timeout: self.write_timeout,
             nodelay: self.nodelay,
@@ -241,9 +242,12 @@ impl Server {
         let _on_release = admission.on_release({
             let waker = Arc::clone(&waker);
             let wanted = Arc::clone(&wake_on_release);
-            // SeqCst: pairs with the acceptor's store-then-retry in `AcceptCtx::accept_loop`
-            // (a Dekker-style handshake), so a release is either seen by its retry or wakes it.
+            // The releasing side of the handshake in `AcceptCtx::accept_loop`: the permit count
+            // was just decremented (in `Permit::drop`); the fence orders that write before this
+            // read of the flag, as the acceptor's fence orders its flag write before its read
+            // of the count. So a release is either seen by the acceptor's retry or wakes it.
             Arc::new(move || {
+                fence(Ordering::SeqCst);
                 if wanted.load(Ordering::SeqCst) {
                     drop(waker.wake());
                 }
@@ -340,6 +344,8 @@ struct Shared {
     open: Mutex<HashMap<u64, TcpStream>>,
     /// The listeners while accepting; `None` once they are closed.
     listeners: RwLock<Option<Listeners>>,
+    /// Where the next worker-side accept starts its scan.
+    next_listener: AtomicUsize,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     nodelay: bool,
@@ -390,6 +396,7 @@ impl Shared {
                 false
             }
         };
+        let local = crate::accept::accepted_on(local, || stream.local_addr());
         let conn = Connection::new(guard.id(), peer, local, self.shutdown.clone());
         Some(Job {
             stream,
@@ -409,7 +416,13 @@ impl Shared {
             .listeners
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        for (listener, local) in listeners.as_ref()? {
+        let listeners = listeners.as_ref()?;
+        let n = listeners.len();
+        // Rotate the starting listener, so none starves the others.
+        // Relaxed: a hint for fairness, ordering nothing.
+        let start = self.next_listener.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let (listener, local) = &listeners[(start + i) % n];
             // Any error (none waiting, or out of descriptors) is left to the acceptor, which
             // sorts errors and backs off.
             if let Ok((stream, peer)) = accept(listener) {
@@ -420,14 +433,24 @@ impl Shared {
     }
 }
 
-/// Accepts one connection as a std stream. Through socket2 rather than mio, whose accepted
-/// sockets come out non-blocking and would cost a system call each to switch back.
+/// Accepts one connection as a std stream. On unix through socket2 rather than mio, whose
+/// accepted sockets come out non-blocking and would cost a system call each to switch back.
+#[cfg(unix)]
 fn accept(listener: &mio::net::TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
     let (socket, addr) = socket2::SockRef::from(listener).accept()?;
     let peer = addr
         .as_socket()
         .ok_or_else(|| io::Error::other("accepted a connection that is not IPv4 or IPv6"))?;
     Ok((socket.into(), peer))
+}
+
+/// Accepts one connection as a std stream. On Windows mio must see the `WouldBlock` itself
+/// to re-arm its readiness (it polls through AFD, not epoll), so the accept goes through mio;
+/// `Shared::prepare` makes the socket blocking again.
+#[cfg(not(unix))]
+fn accept(listener: &mio::net::TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    let (stream, peer) = listener.accept()?;
+    Ok((stream.into(), peer))
 }
 
 struct AcceptCtx<'a> {
@@ -474,8 +497,7 @@ impl AcceptCtx<'_> {
         let mut ready = vec![true; listeners.len()];
         let mut next = 0usize;
         let mut permit: Option<Permit> = None;
-        let mut backoff = Backoff::new();
-        let mut backing_off_until: Option<Instant> = None;
+        let mut backoff = AcceptBackoff::new(listeners.len());
         let mut announced_lame_duck = false;
         loop {
             let now = Instant::now();
@@ -489,19 +511,20 @@ impl AcceptCtx<'_> {
                     tracing::info!(phase = %Phase::LameDuck, period = ?self.lame_duck, "lame duck: not ready, still serving");
                 }
             }
-            if backing_off_until.is_some_and(|until| until <= now) {
-                backing_off_until = None;
-            }
             if permit.is_none() {
                 permit = self.admission.try_acquire();
             }
-            if permit.is_some() && backing_off_until.is_none() {
+            if permit.is_some() {
                 let n = listeners.len();
-                if let Some(idx) = (0..n).map(|i| (next + i) % n).find(|&i| ready[i]) {
+                // Start after the listener tried last, so none starves the others.
+                if let Some(idx) = (0..n)
+                    .map(|i| (next + i) % n)
+                    .find(|&i| ready[i] && backoff.may_accept(i, now))
+                {
+                    next = (idx + 1) % n;
                     match accept(&listeners[idx].0) {
                         Ok((stream, peer)) => {
-                            backoff.reset();
-                            next = (idx + 1) % n;
+                            backoff.accepted(idx);
                             if let Some(job) =
                                 self.shared
                                     .prepare(stream, peer, listeners[idx].1, permit.take())
@@ -510,30 +533,29 @@ impl AcceptCtx<'_> {
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready[idx] = false,
-                        Err(e) => match classify(&e) {
-                            AcceptError::Connection => {
-                                tracing::debug!(error = %e, "accept: connection failed before it was taken");
-                            }
-                            kind => {
-                                let delay = backoff.next_delay();
-                                if kind == AcceptError::Resources {
-                                    tracing::warn!(error = %e, retry_in = ?delay, active = self.shared.tracker.active(), "accept: out of resources; backing off");
-                                } else {
-                                    tracing::error!(error = %e, retry_in = ?delay, "accept failed; backing off");
-                                }
-                                // A returned permit (a closed connection) wakes the poller
-                                // and ends the back-off early.
-                                backing_off_until = Some(now + delay);
-                            }
-                        },
+                        Err(e) => backoff.failed(
+                            idx,
+                            listeners[idx].1,
+                            &e,
+                            self.shared.tracker.active(),
+                            now,
+                        ),
                     }
                     continue;
                 }
             }
-            let want_release = permit.is_none() || backing_off_until.is_some();
-            // SeqCst: see the release hook in `Server::run`. Store first, then retry: a
-            // permit returned in between is either taken here or wakes the poller.
+            // A returned permit (a closed connection) wakes the poller, and ends a back-off
+            // for lack of descriptors early.
+            let want_release = permit.is_none() || backoff.waiting_for_resources(now);
             self.wake_on_release.store(want_release, Ordering::SeqCst);
+            // Store-buffering handshake with the release hook in `Server::run`: each side
+            // writes its own variable, then reads the other's. Without a SeqCst fence between
+            // the write and the read on *both* sides, each may read a stale value (on a weakly
+            // ordered CPU the permit count below is read with Relaxed ordering inside
+            // `try_acquire`, which a SeqCst store alone does not order after it): the acceptor
+            // would sleep while a permit is free, and the releaser would not wake it. With the
+            // fences, either this retry sees the returned permit, or the releaser sees the flag.
+            fence(Ordering::SeqCst);
             if permit.is_none() {
                 permit = self.admission.try_acquire();
                 if permit.is_some() {
@@ -541,7 +563,7 @@ impl AcceptCtx<'_> {
                 }
             }
             // Nothing to do until a listener, the waker, or a timer says otherwise.
-            let timeout = [stop_at, backing_off_until]
+            let timeout = [stop_at, backoff.next_resume(now)]
                 .into_iter()
                 .flatten()
                 .min()
@@ -556,7 +578,7 @@ impl AcceptCtx<'_> {
                 match event.token() {
                     WAKER => {
                         // A permit came back: a descriptor was freed, retry at once.
-                        backing_off_until = None;
+                        backoff.resources_freed();
                     }
                     Token(i) => ready[i] = true,
                 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinError, JoinSet};
 
-use crate::accept::{AcceptError, Backoff, classify};
+use crate::accept::{AcceptBackoff, accepted_on};
 use crate::admission::{Admission, Permit};
 use crate::connection::Connection;
 use crate::error::Error;
@@ -344,7 +344,7 @@ impl Server {
         };
         let mut stop_accepting = pin!(stop_accepting);
 
-        let mut backoff = Backoff::new();
+        let mut backoff = AcceptBackoff::new(listeners.len());
         let shedding = Admission::new(MAX_SHEDDING);
         let wait_for_permit = self.overload == Overload::Wait;
         let mut permit = None;
@@ -362,6 +362,9 @@ impl Server {
             if permit.is_some() {
                 asked_for_room = false;
             }
+            let now = Instant::now();
+            let resume = backoff.next_resume(now);
+            let want_resources = backoff.waiting_for_resources(now);
             tokio::select! {
                 biased;
                 _ = &mut stop_accepting => break,
@@ -369,10 +372,14 @@ impl Server {
                     panicked += reap(result);
                 }
                 p = self.admission.acquire(), if permit.is_none() && wait_for_permit => permit = Some(p),
-                (idx, result) = accept_any(&listeners, &mut next_listener), if permit.is_some() || !wait_for_permit => {
+                // A paused listener's turn comes again.
+                _ = sleep_until_opt(resume), if resume.is_some() => {}
+                // A returned permit is a closed socket: a descriptor is free.
+                _ = self.admission.released(), if want_resources => backoff.resources_freed(),
+                (idx, result) = accept_any(&listeners, &mut next_listener, &backoff, now), if permit.is_some() || !wait_for_permit => {
                     match result {
                         Ok((stream, peer)) => {
-                            backoff.reset();
+                            backoff.accepted(idx);
                             if permit.is_none() {
                                 permit = self.admission.try_acquire();
                             }
@@ -391,7 +398,8 @@ impl Server {
                             // Registered here, before the task exists, so that counting and
                             // waiting cannot race.
                             let guard = self.tracker.track();
-                            let conn = Connection::new(guard.id(), peer, listeners[idx].1, shutdown.clone());
+                            let local = accepted_on(listeners[idx].1, || stream.local_addr());
+                            let conn = Connection::new(guard.id(), peer, local, shutdown.clone());
                             let slot = Arc::new(Slot {
                                 guard,
                                 _permit: permit.take(),
@@ -413,28 +421,7 @@ impl Server {
                                 drop(slot);
                             });
                         }
-                        Err(e) => {
-                            let kind = classify(&e);
-                            if kind == AcceptError::Connection {
-                                tracing::debug!(error = %e, "accept: connection failed before it was taken");
-                                continue;
-                            }
-                            let delay = backoff.next_delay();
-                            if kind == AcceptError::Resources {
-                                tracing::warn!(error = %e, retry_in = ?delay, active = self.tracker.active(), "accept: out of resources; backing off");
-                            } else {
-                                tracing::error!(error = %e, retry_in = ?delay, "accept failed; backing off");
-                            }
-                            // Resume early when a connection closes (a descriptor is free).
-                            let stop = tokio::select! {
-                                _ = &mut stop_accepting => true,
-                                _ = tokio::time::sleep(delay) => false,
-                                _ = self.admission.released() => false,
-                            };
-                            if stop {
-                                break;
-                            }
-                        }
+                        Err(e) => backoff.failed(idx, listeners[idx].1, &e, self.tracker.active(), Instant::now()),
                     }
                 }
             }
@@ -613,19 +600,33 @@ fn reap(result: Result<(), JoinError>) -> u64 {
     }
 }
 
+/// Sleeps until `at`, or forever.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Accepts from whichever listener is ready first, starting the scan after the one that
-/// accepted last, so no listener starves the others.
+/// accepted last, so no listener starves the others; listeners paused after a failure are
+/// skipped.
 ///
 /// # Cancel safety
 /// Cancel safe: `poll_accept` takes a connection only when it returns it.
 fn accept_any<'a>(
     listeners: &'a [(TcpListener, SocketAddr)],
     next: &'a mut usize,
+    backoff: &'a AcceptBackoff,
+    now: Instant,
 ) -> impl Future<Output = (usize, io::Result<(TcpStream, SocketAddr)>)> + 'a {
     poll_fn(move |cx| {
         let n = listeners.len();
         for i in 0..n {
             let idx = (*next + i) % n;
+            if !backoff.may_accept(idx, now) {
+                continue;
+            }
             if let Poll::Ready(result) = listeners[idx].0.poll_accept(cx) {
                 *next = (idx + 1) % n;
                 return Poll::Ready((idx, result));

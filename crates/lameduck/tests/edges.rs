@@ -380,3 +380,121 @@ fn the_blocking_drain_waits_one_grace_not_two() {
         "{took:?}"
     );
 }
+
+/// Two listeners, the first of which breaks (shut down under the server: every accept on it
+/// fails with EINVAL while the poller keeps reporting it): the second is served throughout.
+fn broken_listener_pair() -> (
+    std::net::TcpListener,
+    std::net::TcpListener,
+    std::net::TcpListener,
+    SocketAddr,
+) {
+    let (broken, _) = listener();
+    let (good, good_addr) = listener();
+    let handle = broken.try_clone().unwrap();
+    (broken, good, handle, good_addr)
+}
+
+fn break_listener(handle: &std::net::TcpListener) {
+    socket2::SockRef::from(handle)
+        .shutdown(std::net::Shutdown::Both)
+        .unwrap();
+}
+
+#[test]
+fn a_failing_listener_does_not_starve_the_others_blocking() {
+    let (broken, good, handle, good_addr) = broken_listener_pair();
+    let server = lameduck::blocking::Server::new()
+        .listener(broken)
+        .listener(good)
+        .threads(4);
+    let shutdown = server.shutdown_handle();
+    let run = std::thread::spawn(move || {
+        server.run(|stream, _| {
+            use std::io::{BufRead, Write};
+            let mut w = stream.try_clone()?;
+            for line in std::io::BufReader::new(stream).lines() {
+                writeln!(w, "{}", line?)?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    break_listener(&handle);
+    for i in 0..5 {
+        use std::io::{BufRead, Write};
+        let mut s = std::net::TcpStream::connect(good_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        writeln!(s, "hello {i}").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&s)
+            .read_line(&mut line)
+            .expect("the good listener is served");
+        assert_eq!(line, format!("hello {i}\n"));
+    }
+    shutdown.trigger();
+    let report = run.join().unwrap().unwrap();
+    assert_eq!(report.accepted, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_listener_does_not_starve_the_others_tokio() {
+    let (broken, good, handle, good_addr) = broken_listener_pair();
+    let server = lameduck::Server::new().listener(broken).listener(good);
+    let shutdown = server.shutdown_handle();
+    let task = tokio::spawn(server.serve(|s, _| echo(s)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    break_listener(&handle);
+    for i in 0..5 {
+        let mut s = BufReader::new(TcpStream::connect(good_addr).await.unwrap());
+        let line = format!("hello {i}");
+        assert_eq!(say(&mut s, &line).await, format!("{line}\n"));
+    }
+    shutdown.trigger();
+    let report = timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+    assert_eq!(report.accepted, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_local_addr_is_the_accepted_sockets_not_the_wildcard() {
+    let l = lameduck::listen::bind("0.0.0.0:0".parse().unwrap()).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let server = lameduck::Server::new().listener(l);
+    let shutdown = server.shutdown_handle();
+    let task = tokio::spawn(server.serve(|mut s, conn| async move {
+        s.write_all(format!("{}\n", conn.local_addr()).as_bytes())
+            .await
+    }));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut out = String::new();
+    timeout(WAIT, s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, format!("127.0.0.1:{port}\n"));
+    shutdown.trigger();
+    timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+
+    // The blocking flavour too.
+    let l = lameduck::listen::bind("0.0.0.0:0".parse().unwrap()).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let server = lameduck::blocking::Server::new().listener(l).threads(1);
+    let shutdown = server.shutdown_handle();
+    let run = std::thread::spawn(move || {
+        server.run(|mut s, conn| {
+            use std::io::Write;
+            writeln!(s, "{}", conn.local_addr())
+        })
+    });
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut out = String::new();
+    timeout(WAIT, s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, format!("127.0.0.1:{port}\n"));
+    shutdown.trigger();
+    tokio::task::spawn_blocking(move || run.join().unwrap().unwrap())
+        .await
+        .unwrap();
+}
