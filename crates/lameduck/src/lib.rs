@@ -16,7 +16,8 @@
 //!
 //! On top of them, [`Server`] (feature `tokio`) is a TCP server that serves a handler per
 //! connection on a task, and [`blocking::Server`] one that serves it on a bounded pool of
-//! threads; [`signals`] (feature `signals`, unix) maps SIGINT/SIGTERM onto a [`Shutdown`];
+//! threads; [`signals`] (feature `signals`) maps SIGINT/SIGTERM (Ctrl-C on Windows) onto a
+//! [`Shutdown`];
 //! [`listen`] binds sockets with a high backlog.
 //!
 //! ```no_run
@@ -59,7 +60,7 @@ mod report;
 #[cfg(feature = "tokio")]
 mod server;
 mod shutdown;
-#[cfg(all(unix, feature = "signals"))]
+#[cfg(all(any(unix, windows), feature = "signals"))]
 pub mod signals;
 mod tracker;
 

@@ -45,7 +45,8 @@ impl ListenOptions {
         self
     }
 
-    /// `SO_REUSEADDR`: rebind at once after a restart, despite connections in `TIME_WAIT`.
+    /// `SO_REUSEADDR`: rebind at once after a restart, despite connections in `TIME_WAIT`
+    /// (unix; ignored on Windows, where the option would let another socket take the port).
     pub fn reuse_address(mut self, on: bool) -> Self {
         self.reuse_address = on;
         self
@@ -63,6 +64,10 @@ impl ListenOptions {
         let err = |source| Error::Bind { addr, source };
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
             .map_err(err)?;
+        // On Windows SO_REUSEADDR means something else: it lets another socket bind the
+        // same port while this one listens (and steal its connections). Windows rebinds a
+        // port with connections in TIME_WAIT without it, so it is left off there.
+        #[cfg(not(windows))]
         if self.reuse_address {
             socket.set_reuse_address(true).map_err(err)?;
         }
@@ -135,37 +140,47 @@ pub fn inherited() -> Result<Vec<TcpListener>, Error> {
 #[cfg(unix)]
 #[allow(unsafe_code)]
 fn adopt_fd(fd: i32) -> Result<TcpListener, Error> {
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
     let bad = |what: String| {
         Error::Io(std::io::Error::other(format!(
             "inherited descriptor {fd}: {what}"
         )))
     };
     // SAFETY: fcntl(F_GETFD) only queries the descriptor table; it tells us whether `fd` is
-    // open before we take ownership of it.
+    // open before we so much as borrow it.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
         return Err(bad("not open".into()));
     }
-    // SAFETY: the LISTEN_FDS protocol hands descriptors FIRST.. to this process, nothing else
-    // in it owns them, and `inherited` adopts them once (guarded by TAKEN).
+    {
+        // Checked through a borrow first: a stale LISTEN_FDS may name a descriptor that
+        // something else in this process owns (a log file, say). Taking ownership before
+        // knowing it is ours would close it on the error path.
+        // SAFETY: `fd` is open (checked above) and stays open for this block, which only
+        // queries it.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let socket = socket2::SockRef::from(&borrowed);
+        if socket.r#type().map_err(|e| bad(e.to_string()))? != Type::STREAM {
+            return Err(bad("not a stream socket".into()));
+        }
+        let addr = socket.local_addr().map_err(|e| bad(e.to_string()))?;
+        if addr.as_socket().is_none() {
+            return Err(bad("not an IPv4 or IPv6 socket".into()));
+        }
+        #[cfg(any(
+            target_os = "linux",
+            target_os = "android",
+            target_os = "freebsd",
+            target_os = "fuchsia"
+        ))]
+        if !socket.is_listener().map_err(|e| bad(e.to_string()))? {
+            return Err(bad("not listening".into()));
+        }
+    }
+    // SAFETY: `fd` is a listening TCP socket handed to this process by the LISTEN_FDS
+    // protocol, nothing else in it owns it, and `inherited` adopts the set once (guarded by
+    // TAKEN).
     let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
     socket.set_cloexec(true).map_err(|e| bad(e.to_string()))?;
-    if socket.r#type().map_err(|e| bad(e.to_string()))? != Type::STREAM {
-        return Err(bad("not a stream socket".into()));
-    }
-    let addr = socket.local_addr().map_err(|e| bad(e.to_string()))?;
-    if addr.as_socket().is_none() {
-        return Err(bad("not an IPv4 or IPv6 socket".into()));
-    }
-    #[cfg(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "fuchsia"
-    ))]
-    if !socket.is_listener().map_err(|e| bad(e.to_string()))? {
-        return Err(bad("not listening".into()));
-    }
     Ok(socket.into())
 }
 
@@ -182,5 +197,37 @@ mod tests {
             err.to_string(),
             format!("cannot listen on {addr}: address already in use")
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_descriptor_that_is_not_a_listener_is_refused_and_left_open() {
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::AsRawFd;
+        let path = std::env::temp_dir().join(format!("lameduck-adopt-{}", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let err = adopt_fd(file.as_raw_fd()).unwrap_err();
+        assert!(err.to_string().starts_with("inherited descriptor"), "{err}");
+        // The file is still open and still ours.
+        file.write_all(b"still mine").unwrap();
+        file.rewind().unwrap();
+        let mut back = String::new();
+        file.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "still mine");
+
+        // A connected (not listening) TCP socket is refused, and left open too.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let err = adopt_fd(stream.as_raw_fd()).unwrap_err();
+        assert!(err.to_string().contains("not listening"), "{err}");
+        assert!(stream.peer_addr().is_ok(), "the stream was closed");
+        drop(file);
+        let _ = std::fs::remove_file(path);
     }
 }
