@@ -14,6 +14,8 @@
 //! - `/ws`: a WebSocket echo; when the server starts draining it sends a close frame (1001,
 //!   "server draining") and ends once the client answers. It stays counted, limited and
 //!   drained like any connection, and the deadline cuts it if the client never answers;
+//! - `/whoami`: the client's address, through axum's `ConnectInfo` extractor (lameduck's
+//!   `axum` feature supplies it);
 //! - `/ready`: 200 while running, 503 once the lame-duck period begins.
 //!
 //! SIGINT/SIGTERM: lame duck (still serving, `/ready` says 503), then drain (listeners closed,
@@ -29,7 +31,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::extract::{Extension, Query};
+use axum::extract::{ConnectInfo, Extension, Query};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -180,6 +182,10 @@ fn app(readiness: Readiness) -> Router {
     Router::new()
         .route("/", get(hello))
         .route("/ws", get(ws))
+        .route(
+            "/whoami",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { format!("{peer}\n") }),
+        )
         .route("/slow", get(slow))
         .route("/stream", get(stream))
         .route("/events", get(events))

@@ -86,6 +86,17 @@ fn axum_router_websocket_echoes_and_says_goodbye_when_the_drain_starts() {
         .expect("handshake in time")
         .expect("websocket handshake");
         assert_eq!(resp.status(), 101);
+        // ConnectInfo works as with axum::serve.
+        let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let me = plain.local_addr().unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        plain
+            .write_all(b"GET /whoami HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        plain.read_to_string(&mut out).await.unwrap();
+        assert!(out.ends_with(&format!("{me}\n")), "{out}");
         // Past the header timeout, the socket still echoes.
         for i in 0..3 {
             tokio::time::sleep(Duration::from_millis(600)).await;

@@ -725,6 +725,12 @@ where
             return Box::pin(async move { Ok(response) });
         }
         request.extensions_mut().insert(self.conn.clone());
+        // What axum's `ConnectInfo<SocketAddr>` extractor looks for (axum's own `serve` adds
+        // it through `into_make_service_with_connect_info`).
+        #[cfg(feature = "axum")]
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.conn.peer_addr()));
         let shutdown = self.conn.shutdown().clone();
         let state = Arc::clone(&self.state);
         let mut inner = self.inner.clone();
