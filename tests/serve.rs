@@ -608,15 +608,16 @@ fn listens_on_every_address_given() {
 
 #[test]
 fn header_and_idle_timeouts_are_applied() {
+    // Far apart, so that when a connection closes says which timeout fired.
     let server = Lameduck::serve(
-        &["--header-timeout", "300ms", "--idle-timeout", "300ms"],
+        &["--header-timeout", "300ms", "--idle-timeout", "3s"],
         false,
     );
-    /// Reads until the server closes; a read that times out (5 s, far past both timeouts)
+    /// Reads until the server closes; a read that times out (10 s, far past both timeouts)
     /// means it never did.
     fn until_closed(stream: &mut std::net::TcpStream) -> Vec<u8> {
         stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
+            .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
@@ -629,17 +630,31 @@ fn header_and_idle_timeouts_are_applied() {
             }
         }
     }
-    // A client that never sends a request head is cut by the header timeout…
+    // A client that never sends a request head is cut by the header timeout, long before
+    // the idle timeout could have fired…
     let mut silent = util::connect(server.addr);
+    let started = std::time::Instant::now();
     assert!(until_closed(&mut silent).is_empty());
-    // …and a keep-alive connection left idle after a response, by the idle timeout.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(2500),
+        "silent connection closed after {took:?}"
+    );
+    // …and a keep-alive connection left idle after a response, by the idle timeout: not by
+    // the header timeout, which does not run between requests.
     let mut idle = util::connect(server.addr);
     idle.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
         .unwrap();
+    let started = std::time::Instant::now();
     let response = until_closed(&mut idle);
+    let took = started.elapsed();
     assert!(
         response.starts_with(b"HTTP/1.1 200"),
         "{:?}",
         String::from_utf8_lossy(&response)
+    );
+    assert!(
+        took >= Duration::from_millis(2500),
+        "the idle connection closed after {took:?}, before the idle timeout"
     );
 }

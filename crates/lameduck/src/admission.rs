@@ -188,6 +188,11 @@ mod tests {
             let a = a.clone();
             thread::spawn(move || a.acquire_blocking())
         };
+        // Let the waiter block first, so the release must wake it (not merely be found by its
+        // first look); it cannot get a permit until then.
+        thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished());
+        assert_eq!(a.in_use(), 2);
         drop(p1);
         let _p3 = waiter.join().unwrap();
         assert_eq!(a.in_use(), 2);

@@ -468,8 +468,16 @@ mod tests {
         let s = Shutdown::new();
         let reached = tokio::spawn(s.reached(Phase::Draining));
         let changed = tokio::spawn(s.changed(Phase::Running));
+        // Both waiters are polled and parked before anything changes: the trigger must wake
+        // them, not merely be found by their first look.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!changed.is_finished() && !reached.is_finished());
         s.trigger();
         assert_eq!(changed.await.unwrap(), Phase::LameDuck);
+        tokio::task::yield_now().await;
+        assert!(!reached.is_finished());
         s.begin_drain(Duration::from_secs(1));
         assert_eq!(reached.await.unwrap(), Phase::Draining);
     }

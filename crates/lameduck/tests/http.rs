@@ -520,6 +520,13 @@ async fn wait_policy_keeps_extra_clients_in_the_backlog() {
             .is_err(),
         "the extra client was answered past the limit"
     );
+    // Not accepted and held either: it waits in the kernel backlog.
+    assert_eq!(
+        server.tracker.accepted(),
+        1,
+        "the extra client was accepted"
+    );
+    assert_eq!(server.admission.in_use(), 1);
     server.gate.open();
     assert_eq!(read_response(&mut holder).await.status, 200);
     drop(holder);
