@@ -23,7 +23,9 @@ struct Inner {
     in_use: AtomicUsize,
     rejected: AtomicU64,
     released: Event,
-    /// Fired when an acceptor at the limit would like idle connections to make room.
+    /// Fired when an acceptor at the limit would like idle connections to make room (only
+    /// HTTP connections know when they are idle).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     room_wanted: Event,
     hooks: Arc<Hooks>,
 }
@@ -136,11 +138,13 @@ impl Admission {
     /// close and make room: the acceptor is at the limit and clients are waiting. This is what
     /// nginx does when it runs out of connections; without it, a few hundred idle keep-alive
     /// clients can hold every slot until their idle timeout.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn ask_for_room(&self) {
         self.inner.room_wanted.notify(usize::MAX);
     }
 
     /// Resolves the next time [`ask_for_room`](Self::ask_for_room) is called.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn room_wanted(&self) -> event_listener::EventListener {
         self.inner.room_wanted.listen()
     }

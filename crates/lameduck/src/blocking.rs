@@ -30,8 +30,9 @@ use crate::accept::AcceptBackoff;
 use crate::admission::{Admission, Permit};
 use crate::connection::Connection;
 use crate::error::Error;
+use crate::lifecycle::{Lifecycle, lifecycle_methods};
 use crate::report::Report;
-use crate::shutdown::{DEFAULT_DRAIN_TIMEOUT, Phase, Shutdown, instant_after};
+use crate::shutdown::{Phase, Shutdown, instant_after};
 use crate::tracker::{ConnectionGuard, Tracker};
 
 /// Default number of worker threads.
@@ -65,15 +66,11 @@ const WAKER: Token = Token(usize::MAX);
 #[must_use = "a server does nothing until `run` is called"]
 pub struct Server {
     listeners: Vec<TcpListener>,
-    shutdown: Shutdown,
-    tracker: Tracker,
+    lifecycle: Lifecycle,
     threads: usize,
-    drain_timeout: Duration,
-    lame_duck: Duration,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     force_grace: Duration,
-    nodelay: bool,
 }
 
 impl fmt::Debug for Server {
@@ -81,9 +78,7 @@ impl fmt::Debug for Server {
         f.debug_struct("Server")
             .field("listeners", &self.listeners.len())
             .field("threads", &self.threads)
-            .field("shutdown", &self.shutdown)
-            .field("drain_timeout", &self.drain_timeout)
-            .field("lame_duck", &self.lame_duck)
+            .field("lifecycle", &self.lifecycle)
             .finish_non_exhaustive()
     }
 }
@@ -100,15 +95,11 @@ impl Server {
     pub fn new() -> Self {
         Server {
             listeners: Vec::new(),
-            shutdown: Shutdown::new(),
-            tracker: Tracker::new(),
+            lifecycle: Lifecycle::default(),
             threads: DEFAULT_THREADS,
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-            lame_duck: Duration::ZERO,
             read_timeout: Some(DEFAULT_IO_TIMEOUT),
             write_timeout: Some(DEFAULT_IO_TIMEOUT),
             force_grace: DEFAULT_FORCE_GRACE,
-            nodelay: true,
         }
     }
 
@@ -117,6 +108,8 @@ impl Server {
         self.listeners.push(listener);
         self
     }
+
+    lifecycle_methods!(lifecycle);
 
     /// The number of worker threads, which is also the most connections held at once
     /// (at least 1).
@@ -128,18 +121,6 @@ impl Server {
     /// Same as [`threads`](Self::threads): each connection occupies one worker.
     pub fn max_connections(self, n: usize) -> Self {
         self.threads(n)
-    }
-
-    /// How long the drain may last before the remaining connections are shut down.
-    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.drain_timeout = timeout;
-        self
-    }
-
-    /// How long to keep accepting and serving after shutdown is triggered.
-    pub fn lame_duck(mut self, period: Duration) -> Self {
-        self.lame_duck = period;
-        self
     }
 
     /// Read timeout on each connection (`None`: wait forever).
@@ -159,30 +140,6 @@ impl Server {
     pub fn force_grace(mut self, grace: Duration) -> Self {
         self.force_grace = grace;
         self
-    }
-
-    /// Sets `TCP_NODELAY` on accepted sockets (default on).
-    pub fn nodelay(mut self, on: bool) -> Self {
-        self.nodelay = on;
-        self
-    }
-
-    /// Runs this server on `shutdown`, a handle other servers may share: triggering it drains
-    /// them all, each server keeps its own deadline, and the shared handle reaches `Stopped`
-    /// when the last one stops.
-    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
-        self.shutdown = shutdown;
-        self
-    }
-
-    /// The handle that triggers and observes this server's shutdown.
-    pub fn shutdown_handle(&self) -> Shutdown {
-        self.shutdown.clone()
-    }
-
-    /// The server's connection counts.
-    pub fn tracker(&self) -> Tracker {
-        self.tracker.clone()
     }
 
     /// Accepts and serves on the calling thread until shutdown, then drains; returns once
@@ -217,16 +174,17 @@ impl Server {
             listeners.push((listener, addr));
         }
         // This server's own lifecycle, on the (possibly shared) handle it was given.
-        let shutdown = self.shutdown.member();
+        let lifecycle = self.lifecycle;
+        let shutdown = lifecycle.shutdown.member();
         let shared = Arc::new(Shared {
             shutdown: shutdown.clone(),
-            tracker: self.tracker.clone(),
+            tracker: lifecycle.tracker.clone(),
             open: Mutex::new(HashMap::new()),
             listeners: RwLock::new(Some(listeners)),
             next_listener: AtomicUsize::new(0),
             read_timeout: self.read_timeout,
             write_timeout: self.write_timeout,
-            nodelay: self.nodelay,
+            nodelay: lifecycle.nodelay,
         });
 
         let admission = Admission::new(self.threads);
@@ -266,7 +224,7 @@ impl Server {
             shared: &shared,
             admission: &admission,
             pool: &pool,
-            lame_duck: self.lame_duck,
+            lame_duck: lifecycle.lame_duck,
             wake_on_release: &wake_on_release,
         };
         ctx.accept_loop(&mut poll);
@@ -287,14 +245,8 @@ impl Server {
             // Deregistering a socket we are about to close cannot matter if it fails.
             let _ = poll.registry().deregister(&mut listener);
         }
-        let drain_start = Instant::now();
-        shutdown.begin_drain(self.drain_timeout);
-        let deadline = shutdown
-            .deadline()
-            .unwrap_or_else(|| instant_after(drain_start, self.drain_timeout));
-        tracing::info!(phase = %shutdown.phase(), active = self.tracker.active(), timeout = ?self.drain_timeout, "draining: listeners closed");
-
-        let clean = drain(&mut poll, &shutdown, &self.tracker, deadline);
+        let (drain_start, deadline) = lifecycle.begin_drain(&shutdown);
+        let clean = drain(&mut poll, &shutdown, &lifecycle.tracker, deadline);
         // One grace, shared by the handlers' return and the workers' join: `run` never takes
         // longer than the deadline plus one grace.
         let grace_end = if clean {
@@ -310,20 +262,16 @@ impl Server {
             }
             drop(streams);
             let grace_end = instant_after(Instant::now(), self.force_grace);
-            self.tracker.wait_idle_deadline(grace_end);
+            lifecycle.tracker.wait_idle_deadline(grace_end);
             grace_end
         };
         let stuck = pool.stop(grace_end);
-        let report = Report {
-            accepted: self.tracker.accepted(),
-            completed: self.tracker.completed(),
-            forced: self.tracker.forced(),
-            panicked: panicked.load(Ordering::Relaxed),
+        let report = lifecycle.finish(
+            &shutdown,
+            drain_start,
+            panicked.load(Ordering::Relaxed),
             stuck,
-            drain_duration: drain_start.elapsed(),
-        };
-        shutdown.finish();
-        tracing::info!(phase = %Phase::Stopped, %report, "stopped");
+        );
         Ok(report)
     }
 }

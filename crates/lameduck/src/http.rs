@@ -49,10 +49,10 @@ use tokio::time::Sleep;
 
 use crate::connection::Connection;
 use crate::error::Error;
+use crate::lifecycle::lifecycle_methods;
 use crate::report::Report;
 use crate::server::{IntoListener, Overload, Server, Slot};
 use crate::shutdown::{Phase, Shutdown, instant_after};
-use crate::tracker::Tracker;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -153,18 +153,7 @@ impl<S> Serve<S> {
         self
     }
 
-    /// How long the drain may last before remaining connections are cut.
-    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.server = self.server.drain_timeout(timeout);
-        self
-    }
-
-    /// How long to keep accepting and serving after shutdown is triggered, while
-    /// [`Readiness`] already says not ready.
-    pub fn lame_duck(mut self, period: Duration) -> Self {
-        self.server = self.server.lame_duck(period);
-        self
-    }
+    lifecycle_methods!(server.lifecycle);
 
     /// Time a client has to send a complete request head (`None`: no limit).
     pub fn header_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
@@ -222,13 +211,6 @@ impl<S> Serve<S> {
         self
     }
 
-    /// Runs this server on `shutdown`, a handle other servers may share (see
-    /// [`Server::with_shutdown`]).
-    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
-        self.server = self.server.with_shutdown(shutdown);
-        self
-    }
-
     /// Triggers the shutdown when `signal` resolves, as axum's `with_graceful_shutdown`:
     ///
     /// ```no_run
@@ -246,21 +228,11 @@ impl<S> Serve<S> {
         self
     }
 
-    /// The handle that triggers and observes the shutdown.
-    pub fn shutdown_handle(&self) -> Shutdown {
-        self.server.shutdown_handle()
-    }
-
     /// What a `/ready` route should report: ready until the lame-duck period begins.
     pub fn readiness(&self) -> Readiness {
         Readiness {
             shutdown: self.server.shutdown_handle(),
         }
-    }
-
-    /// The server's connection counts.
-    pub fn tracker(&self) -> Tracker {
-        self.server.tracker()
     }
 
     /// The server's admission limit (and count of shed connections).
@@ -281,6 +253,10 @@ where
     ///
     /// # Errors
     /// As [`Server::serve`]: only set-up failures, never a client's.
+    ///
+    /// # Cancel safety
+    /// As [`Server::serve`]: dropping the future forces, then stops, and counts the cut
+    /// connections as forced.
     pub async fn run(self) -> Result<Report, Error> {
         let mut builder = auto::Builder::new(TrackedExecutor {
             stall_timeout: self.timeouts.write,

@@ -55,6 +55,7 @@ mod error;
 mod hooks;
 #[cfg(feature = "http")]
 pub mod http;
+mod lifecycle;
 pub mod listen;
 mod report;
 #[cfg(feature = "tokio")]

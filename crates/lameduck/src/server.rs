@@ -28,9 +28,10 @@ use crate::accept::{AcceptBackoff, accepted_on};
 use crate::admission::{Admission, Permit};
 use crate::connection::Connection;
 use crate::error::Error;
+use crate::lifecycle::{Lifecycle, lifecycle_methods};
 use crate::report::Report;
-use crate::shutdown::{DEFAULT_DRAIN_TIMEOUT, Phase, Shutdown};
-use crate::tracker::{ConnectionGuard, Tracker};
+use crate::shutdown::{Phase, Shutdown};
+use crate::tracker::ConnectionGuard;
 
 /// How long tasks get to end after they were told to stop, before they are aborted.
 const FORCE_GRACE: Duration = Duration::from_secs(1);
@@ -89,12 +90,8 @@ impl IntoListener for tokio::net::TcpListener {
 #[must_use = "a server does nothing until `serve` is awaited"]
 pub struct Server {
     listeners: Vec<Result<std::net::TcpListener, io::Error>>,
-    shutdown: Shutdown,
-    tracker: Tracker,
+    pub(crate) lifecycle: Lifecycle,
     admission: Admission,
-    drain_timeout: Duration,
-    lame_duck: Duration,
-    nodelay: bool,
     overload: Overload,
     shed_response: Arc<[u8]>,
     signal: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -122,10 +119,8 @@ impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("listeners", &self.listeners.len())
-            .field("shutdown", &self.shutdown)
+            .field("lifecycle", &self.lifecycle)
             .field("max_connections", &self.admission.limit())
-            .field("drain_timeout", &self.drain_timeout)
-            .field("lame_duck", &self.lame_duck)
             .finish()
     }
 }
@@ -142,12 +137,8 @@ impl Server {
     pub fn new() -> Self {
         Server {
             listeners: Vec::new(),
-            shutdown: Shutdown::new(),
-            tracker: Tracker::new(),
+            lifecycle: Lifecycle::default(),
             admission: Admission::unlimited(),
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-            lame_duck: Duration::ZERO,
-            nodelay: true,
             overload: Overload::Wait,
             shed_response: Arc::from(&b""[..]),
             signal: None,
@@ -160,28 +151,11 @@ impl Server {
         self
     }
 
+    lifecycle_methods!(lifecycle);
+
     /// At most `n` connections at once; further clients wait in the kernel backlog.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.admission = Admission::new(n);
-        self
-    }
-
-    /// How long the drain may last before the remaining connections are closed.
-    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.drain_timeout = timeout;
-        self
-    }
-
-    /// How long to keep accepting and serving after shutdown is triggered, while readiness
-    /// checks already fail, so load balancers can move traffic away first.
-    pub fn lame_duck(mut self, period: Duration) -> Self {
-        self.lame_duck = period;
-        self
-    }
-
-    /// Sets `TCP_NODELAY` on accepted sockets (default on).
-    pub fn nodelay(mut self, on: bool) -> Self {
-        self.nodelay = on;
         self
     }
 
@@ -198,14 +172,6 @@ impl Server {
         self
     }
 
-    /// Runs this server on `shutdown`, a handle that other servers may share (an application
-    /// and its admin endpoint, say): triggering it drains them all, while each server keeps
-    /// its own deadline, and the shared handle reaches `Stopped` when the last one stops.
-    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
-        self.shutdown = shutdown;
-        self
-    }
-
     /// Triggers the shutdown when `signal` resolves, as axum's `with_graceful_shutdown`
     /// does: `serve(...).with_graceful_shutdown(async { ctrl_c().await.ok(); })`. The
     /// server's handle is triggered (lame duck first, if set, then the drain); a future that
@@ -216,16 +182,6 @@ impl Server {
     ) -> Self {
         self.signal = Some(Box::pin(signal));
         self
-    }
-
-    /// The handle that triggers and observes this server's shutdown.
-    pub fn shutdown_handle(&self) -> Shutdown {
-        self.shutdown.clone()
-    }
-
-    /// The server's connection counts.
-    pub fn tracker(&self) -> Tracker {
-        self.tracker.clone()
     }
 
     /// The server's admission limit.
@@ -239,9 +195,20 @@ impl Server {
     /// `handler` runs once per connection on its own task, with the stream and its
     /// [`Connection`] context. An `Err` it returns is logged at debug level.
     ///
+    /// A panic in the handler, whether in its synchronous part or in its future, costs that
+    /// connection only; it is logged and counted in [`Report::panicked`].
+    ///
     /// # Errors
     /// Fails before serving anything if there is no listener or one cannot be registered
     /// with tokio. Accept errors while serving are logged and never end the server.
+    ///
+    /// # Cancel safety
+    /// Dropping the future (a `select!` that picked another branch) stops the server at once
+    /// and leaves a truthful state: the listeners close, the lifecycle moves to
+    /// [`Phase::Forced`] then [`Phase::Stopped`] (so whatever waits for either is released),
+    /// and every connection task is aborted and counted as forced. Nothing drains; to drain
+    /// on your own signal, use [`with_graceful_shutdown`](Self::with_graceful_shutdown) and
+    /// keep awaiting.
     pub async fn serve<H, Fut, E>(self, handler: H) -> Result<Report, Error>
     where
         H: Fn(TcpStream, Connection) -> Fut + Send + 'static,
@@ -301,7 +268,9 @@ impl Server {
         }
 
         // This server's own lifecycle, on the (possibly shared) handle it was given.
-        let group = self.shutdown;
+        let lifecycle = self.lifecycle;
+        let tracker = &lifecycle.tracker;
+        let group = lifecycle.shutdown.clone();
         let shutdown = group.member();
         let mut run = RunState {
             shutdown: shutdown.clone(),
@@ -315,7 +284,7 @@ impl Server {
         // someone else moved the phase to draining or beyond.
         let stop_accepting = {
             let shutdown = shutdown.clone();
-            let lame_duck = self.lame_duck;
+            let lame_duck = lifecycle.lame_duck;
             let signal = self.signal;
             async move {
                 let on_signal = async {
@@ -391,13 +360,13 @@ impl Server {
                                 }
                                 continue;
                             }
-                            if self.nodelay {
+                            if lifecycle.nodelay {
                                 // Not fatal: the connection works without it.
                                 let _ = stream.set_nodelay(true);
                             }
                             // Registered here, before the task exists, so that counting and
                             // waiting cannot race.
-                            let guard = self.tracker.track();
+                            let guard = tracker.track();
                             let local = accepted_on(listeners[idx].1, || stream.local_addr());
                             let conn = Connection::new(guard.id(), peer, local, shutdown.clone());
                             let slot = Arc::new(Slot {
@@ -421,7 +390,7 @@ impl Server {
                                 drop(slot);
                             });
                         }
-                        Err(e) => backoff.failed(idx, listeners[idx].1, &e, self.tracker.active(), Instant::now()),
+                        Err(e) => backoff.failed(idx, listeners[idx].1, &e, tracker.active(), Instant::now()),
                     }
                 }
             }
@@ -430,54 +399,45 @@ impl Server {
         // Closing the listeners refuses new connections; only then is the phase Draining.
         drop(listeners);
         drop(permit);
-        let drain_start = Instant::now();
-        shutdown.begin_drain(self.drain_timeout);
-        // No deadline (a timeout too large to add up, such as `Duration::MAX`) means never.
-        let deadline = shutdown.deadline();
-        tracing::info!(phase = %shutdown.phase(), active = self.tracker.active(), timeout = ?self.drain_timeout, "draining: listeners closed");
+        let (drain_start, deadline) = lifecycle.begin_drain(&shutdown);
 
         let mut progress = tokio::time::interval_at(
             tokio::time::Instant::now() + Duration::from_secs(1),
             Duration::from_secs(1),
         );
         let mut forced_early = pin!(shutdown.reached(Phase::Forced));
-        let mut deadline_timer = pin!(async move {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        });
+        let mut deadline_timer = pin!(tokio::time::sleep_until(deadline.into()));
         let clean = loop {
             // Tasks first; then what outlives them (upgraded sockets, HTTP/2 stream tasks),
             // which holds its connection's slot until it is gone.
-            if tasks.is_empty() && self.tracker.active() == 0 {
+            if tasks.is_empty() && tracker.active() == 0 {
                 break true;
             }
             tokio::select! {
                 biased;
                 Some(result) = tasks.join_next(), if !tasks.is_empty() => panicked += reap(result),
-                _ = self.tracker.idle(), if tasks.is_empty() => {}
+                _ = tracker.idle(), if tasks.is_empty() => {}
                 _ = &mut forced_early => break false,
                 _ = &mut deadline_timer => break false,
                 _ = progress.tick() => {
-                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                    tracing::info!(active = self.tracker.active(), deadline_in = ?left, "draining");
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    tracing::info!(active = tracker.active(), deadline_in = ?left, "draining");
                 }
             }
         };
         if !clean {
             shutdown.force();
-            tracing::warn!(phase = %Phase::Forced, active = self.tracker.active(), "closing remaining connections");
+            tracing::warn!(phase = %Phase::Forced, active = tracker.active(), "closing remaining connections");
             let grace = tokio::time::sleep(FORCE_GRACE);
             let mut grace = pin!(grace);
             loop {
-                if tasks.is_empty() && self.tracker.active() == 0 {
+                if tasks.is_empty() && tracker.active() == 0 {
                     break;
                 }
                 tokio::select! {
                     biased;
                     Some(result) = tasks.join_next(), if !tasks.is_empty() => panicked += reap(result),
-                    _ = self.tracker.idle(), if tasks.is_empty() => {}
+                    _ = tracker.idle(), if tasks.is_empty() => {}
                     _ = &mut grace => {
                         tracing::warn!(tasks = tasks.len(), "tasks did not stop; aborting them");
                         tasks.abort_all();
@@ -489,19 +449,11 @@ impl Server {
                 }
             }
         }
-        let report = Report {
-            accepted: self.tracker.accepted(),
-            completed: self.tracker.completed(),
-            forced: self.tracker.forced(),
-            panicked,
-            // Held by something the server cannot cut: an upgraded socket whose application
-            // no longer polls it.
-            stuck: self.tracker.active() as u64,
-            drain_duration: drain_start.elapsed(),
-        };
         run.finished = true;
-        shutdown.finish();
-        tracing::info!(phase = %Phase::Stopped, %report, "stopped");
+        // Held by something the server cannot cut: an upgraded socket whose application no
+        // longer polls it.
+        let stuck = tracker.active() as u64;
+        let report = lifecycle.finish(&shutdown, drain_start, panicked, stuck);
         Ok(report)
     }
 }
