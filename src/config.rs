@@ -61,6 +61,44 @@ pub(crate) struct ServeArgs {
     /// Serve files and directories whose names start with a dot.
     #[arg(long)]
     pub(crate) dotfiles: bool,
+    /// Run as one process, without the supervisor that makes SIGHUP reloads and crash
+    /// restarts refuse no client.
+    #[arg(long)]
+    pub(crate) no_supervisor: bool,
+    /// Write the supervisor's pid here (`kill -HUP $(cat FILE)` reloads). [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub(crate) pid_file: Option<PathBuf>,
+    /// Time a new worker has to be ready on a reload before it is killed and the old one
+    /// keeps serving. [default: 30s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub(crate) ready_timeout: Option<Duration>,
+}
+
+/// `lameduck run` flags.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Address to listen on, handed to the program as LISTEN_FDS; repeat for several.
+    #[arg(long, value_name = "ADDR", required = true)]
+    pub(crate) listen: Vec<SocketAddr>,
+    /// Time a new instance has to be ready (sd_notify READY=1, or --ready-delay) before it is
+    /// killed and the old one keeps serving.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
+    pub(crate) ready_timeout: Duration,
+    /// For programs that never notify: take an instance as ready once it has run this long.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub(crate) ready_delay: Option<Duration>,
+    /// Write the supervisor's pid here.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) pid_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub(crate) log_format: LogFormat,
+    /// Log level or filter.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub(crate) log_level: String,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub(crate) command: Vec<std::ffi::OsString>,
 }
 
 /// The overload policy, as named on the command line.
@@ -106,6 +144,9 @@ struct FileConfig {
     log_level: Option<String>,
     list_dirs: Option<bool>,
     dotfiles: Option<bool>,
+    no_supervisor: Option<bool>,
+    pid_file: Option<PathBuf>,
+    ready_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +185,9 @@ pub(crate) struct Settings {
     pub(crate) log_level: String,
     pub(crate) list_dirs: bool,
     pub(crate) dotfiles: bool,
+    pub(crate) no_supervisor: bool,
+    pub(crate) pid_file: Option<PathBuf>,
+    pub(crate) ready_timeout: Duration,
 }
 
 impl Settings {
@@ -246,6 +290,12 @@ impl Settings {
                 .unwrap_or_else(|| "info".into()),
             list_dirs: args.list_dirs || file.list_dirs.unwrap_or(false),
             dotfiles: args.dotfiles || file.dotfiles.unwrap_or(false),
+            no_supervisor: args.no_supervisor || file.no_supervisor.unwrap_or(false),
+            pid_file: args.pid_file.or(file.pid_file),
+            ready_timeout: args
+                .ready_timeout
+                .or(file_duration("ready-timeout", &file.ready_timeout)?)
+                .unwrap_or(Duration::from_secs(30)),
         })
     }
 }

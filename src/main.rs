@@ -1,5 +1,10 @@
 //! The `lameduck` command: `lameduck serve [DIR]`, a static-file server with a graceful,
-//! bounded lifecycle, built on the lameduck library.
+//! bounded lifecycle, and `lameduck run -- CMD`, the same supervisor for any program that
+//! takes its sockets by systemd's socket activation. Built on the lameduck library.
+//!
+//! `serve` runs supervised by default: the process you start keeps the listening sockets and
+//! runs the server in a worker process, so SIGHUP reloads (a new worker takes over once it is
+//! ready) and a crashed worker is replaced, and no client is ever refused meanwhile.
 //!
 //! Exit codes: 0 after a clean drain; 3 when the drain deadline (or a second signal) had to
 //! cut connections; 1 for a configuration or start-up error, printed as one line; 2 when no
@@ -37,8 +42,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a directory (or a built-in page) over HTTP/1.1 and HTTP/2, draining gracefully
-    /// on SIGINT/SIGTERM (a second signal forces).
+    /// on SIGINT/SIGTERM (a second signal forces) and reloading with no refused client on
+    /// SIGHUP.
     Serve(ServeArgs),
+    /// Supervise any program that takes its listening sockets by systemd's socket
+    /// activation (LISTEN_FDS): SIGHUP replaces it with no refused client, SIGTERM is passed
+    /// on, a crashed one is restarted.
+    Run(config::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,14 +71,16 @@ fn main() -> ExitCode {
             };
         }
     };
-    match cli.command {
-        Command::Serve(args) => match serve(args) {
-            Ok(report) => report.exit_code(),
-            Err(e) => {
-                eprintln!("lameduck: {e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lameduck: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 
@@ -78,13 +90,13 @@ fn one_line(msg: &str) -> &str {
     first.strip_prefix("error: ").unwrap_or(first)
 }
 
-fn init_logging(settings: &Settings) -> Result<(), String> {
+fn init_logging(log_level: &str, log_format: LogFormat) -> Result<(), String> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::{Layer as _, filter::DynFilterFn, fmt};
 
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
-        .map_err(|e| format!("invalid --log-level {:?}: {e}", settings.log_level))?;
+    let filter = tracing_subscriber::EnvFilter::try_new(log_level)
+        .map_err(|e| format!("invalid --log-level {log_level:?}: {e}"))?;
     // The admin endpoint is a lameduck server too; its own lifecycle lines would only confuse
     // the operator's log, so inside its span only warnings and errors pass.
     let quiet_admin = DynFilterFn::new(|meta, cx| {
@@ -93,7 +105,7 @@ fn init_logging(settings: &Settings) -> Result<(), String> {
                 .lookup_current()
                 .is_none_or(|span| span.name() != "admin")
     });
-    let layer = match settings.log_format {
+    let layer = match log_format {
         LogFormat::Text => fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
@@ -142,14 +154,33 @@ fn raise_fd_limit() {
 #[cfg(not(unix))]
 fn raise_fd_limit() {}
 
-fn serve(args: ServeArgs) -> Result<lameduck::Report, Box<dyn std::error::Error>> {
+type BoxError = Box<dyn std::error::Error>;
+
+fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
     let settings = Settings::resolve(args)?;
+    // Checked here, in every mode, so that a bad directory is a one-line error at once.
     let metrics = Arc::new(Metrics::new());
-    let files = Files::new(
+    let files = open_files(&settings, &metrics)?;
+    init_logging(&settings.log_level, settings.log_format)?;
+    raise_fd_limit();
+    #[cfg(unix)]
+    {
+        if std::env::var_os(lameduck::supervisor::ENV_SUPERVISOR_PID).is_some() {
+            return Ok(serve_here(settings, files, metrics, Mode::Worker)?.exit_code());
+        }
+        if !settings.no_supervisor {
+            return supervise_serve(&settings);
+        }
+    }
+    Ok(serve_here(settings, files, metrics, Mode::Alone)?.exit_code())
+}
+
+fn open_files(settings: &Settings, metrics: &Arc<Metrics>) -> Result<Files, String> {
+    Files::new(
         settings.dir.as_deref(),
         settings.list_dirs,
         settings.dotfiles,
-        Arc::clone(&metrics),
+        Arc::clone(metrics),
     )
     .map_err(|e| {
         let dir = settings
@@ -162,27 +193,149 @@ fn serve(args: ServeArgs) -> Result<lameduck::Report, Box<dyn std::error::Error>
             std::io::ErrorKind::NotADirectory => format!("cannot serve {dir}: not a directory"),
             _ => format!("cannot serve {dir}: {}", config::lower(&e)),
         }
-    })?;
-    init_logging(&settings)?;
-    raise_fd_limit();
+    })
+}
 
-    // Sockets handed over by systemd or a supervisor (LISTEN_FDS) take the place of --listen:
-    // they stay open across restarts, so no client is ever refused.
+/// How this process serves: alone (no supervisor), or as a supervisor's worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Alone,
+    Worker,
+}
+
+/// The listening sockets: those handed over (by a supervisor, or systemd's socket
+/// activation), split into the HTTP ones and the admin one by name; otherwise bound here.
+fn listeners(
+    settings: &Settings,
+) -> Result<(Vec<std::net::TcpListener>, Option<std::net::TcpListener>), BoxError> {
     #[cfg(unix)]
-    let mut listeners = lameduck::listen::inherited()?;
+    let inherited = lameduck::listen::inherited_named()?;
     #[cfg(not(unix))]
-    let mut listeners = Vec::new();
-    if listeners.is_empty() {
+    let inherited: Vec<(String, std::net::TcpListener)> = Vec::new();
+    if inherited.is_empty() {
+        let mut http = Vec::new();
         for addr in &settings.listen {
-            listeners.push(lameduck::listen::bind(*addr)?);
+            http.push(lameduck::listen::bind(*addr)?);
         }
-    } else {
-        tracing::info!(
-            count = listeners.len(),
-            "adopted inherited listening sockets (LISTEN_FDS); --listen is ignored"
-        );
+        let admin = settings.admin.map(lameduck::listen::bind).transpose()?;
+        return Ok((http, admin));
     }
-    let admin_listener = settings.admin.map(lameduck::listen::bind).transpose()?;
+    let mut http = Vec::new();
+    let mut admin = None;
+    for (name, listener) in inherited {
+        if name == "admin" {
+            admin = Some(listener);
+        } else {
+            http.push(listener);
+        }
+    }
+    if http.is_empty() {
+        return Err("the inherited sockets (LISTEN_FDS) hold none to serve HTTP on".into());
+    }
+    tracing::debug!(
+        count = http.len(),
+        admin = admin.is_some(),
+        "adopted inherited listening sockets (LISTEN_FDS); --listen is ignored"
+    );
+    // An admin address configured but not handed over (systemd socket activation without
+    // one named "admin"): bind it here.
+    if admin.is_none() {
+        admin = settings.admin.map(lameduck::listen::bind).transpose()?;
+    }
+    Ok((http, admin))
+}
+
+/// Supervises `lameduck serve` itself: binds (or adopts) the sockets and runs this same
+/// command line, from the same executable path, in worker processes.
+#[cfg(unix)]
+fn supervise_serve(settings: &Settings) -> Result<ExitCode, BoxError> {
+    let (http, admin) = listeners(settings)?;
+    let mut args = std::env::args_os();
+    let exe = args.next().ok_or("cannot tell this program's path")?;
+    let mut sup = lameduck::supervisor::Supervisor::new(&exe)?
+        .args(args)
+        .ready_timeout(settings.ready_timeout);
+    for listener in http {
+        tracing::info!(addr = %listener.local_addr()?, "supervisor: listening");
+        sup = sup.listener("http", listener);
+    }
+    if let Some(admin) = admin {
+        sup = sup.listener("admin", admin);
+    }
+    supervise(sup, settings.pid_file.as_deref())
+}
+
+/// Runs a supervisor to the end, with the pid file written meanwhile.
+#[cfg(unix)]
+fn supervise(
+    sup: lameduck::supervisor::Supervisor,
+    pid_file: Option<&std::path::Path>,
+) -> Result<ExitCode, BoxError> {
+    let _pid_file = pid_file.map(PidFile::write).transpose()?;
+    tracing::info!(pid = std::process::id(), program = %sup.program().display(), "supervisor: started (SIGHUP reloads, SIGTERM stops)");
+    let outcome = sup.run()?;
+    Ok(ExitCode::from(outcome.exit_code))
+}
+
+/// A pid file, removed when dropped.
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> Result<PidFile, String> {
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
+            format!(
+                "cannot write the pid file {}: {}",
+                path.display(),
+                config::lower(&e)
+            )
+        })?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `lameduck run`: the supervisor for any program.
+fn run(args: config::RunArgs) -> Result<ExitCode, BoxError> {
+    init_logging(&args.log_level, args.log_format)?;
+    #[cfg(unix)]
+    {
+        let mut command = args.command.into_iter();
+        let program = command.next().ok_or("no command given after --")?;
+        let mut sup = lameduck::supervisor::Supervisor::new(&program)?
+            .args(command)
+            .ready_timeout(args.ready_timeout)
+            .ready_delay(args.ready_delay);
+        for addr in &args.listen {
+            let listener = lameduck::listen::bind(*addr)?;
+            tracing::info!(addr = %listener.local_addr()?, "supervisor: listening");
+            sup = sup.listener("http", listener);
+        }
+        supervise(sup, args.pid_file.as_deref())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = args;
+        Err("lameduck run needs a unix system".into())
+    }
+}
+
+/// Serves in this process: alone, or as a supervisor's worker.
+fn serve_here(
+    settings: Settings,
+    files: Files,
+    metrics: Arc<Metrics>,
+    mode: Mode,
+) -> Result<lameduck::Report, BoxError> {
+    let _pid_file = match (mode, settings.pid_file.as_deref()) {
+        (Mode::Alone, Some(path)) => Some(PidFile::write(path)?),
+        _ => None,
+    };
+    let (listeners, admin_listener) = listeners(&settings)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -227,7 +380,7 @@ fn serve(args: ServeArgs) -> Result<lameduck::Report, Box<dyn std::error::Error>
         |d| d.display().to_string(),
     );
     for addr in &bound {
-        tracing::info!(%addr, serving = %what, max_connections = settings.max_connections, "serving");
+        tracing::info!(%addr, serving = %what, max_connections = settings.max_connections, pid = std::process::id(), "serving");
     }
     if let Some(l) = &admin_listener {
         tracing::info!(addr = %l.local_addr()?, "admin endpoint: /live /ready /status /metrics");
@@ -243,6 +396,19 @@ fn serve(args: ServeArgs) -> Result<lameduck::Report, Box<dyn std::error::Error>
                 admin::run(listener, view, stopped).instrument(tracing::info_span!("admin")),
             )
         });
+        // The listeners are open and about to be accepted on: a supervisor (or systemd with
+        // `Type=notify`) may send traffic this way now, and retire the old worker.
+        #[cfg(unix)]
+        {
+            if let Err(e) = lameduck::notify::ready() {
+                tracing::warn!(error = %e, "cannot tell the supervisor this worker is ready");
+            }
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.reached(lameduck::Phase::LameDuck).await;
+                let _ = lameduck::notify::stopping();
+            });
+        }
         let report = serve.await;
         drop(stop);
         if let Some(admin) = admin {

@@ -76,11 +76,12 @@ impl ServerView {
     }
 
     pub(crate) fn status_json(&self) -> String {
+        let supervisor = supervisor_fields();
         format!(
             concat!(
                 "{{\"phase\":\"{}\",\"pid\":{},\"active_connections\":{},\"accepted_connections\":{},",
                 "\"completed_connections\":{},\"forced_connections\":{},\"rejected_connections\":{},",
-                "\"max_connections\":{},\"uptime_s\":{},\"drain_seconds\":{:.3}}}\n"
+                "\"max_connections\":{},\"uptime_s\":{},\"drain_seconds\":{:.3}{}}}\n"
             ),
             self.shutdown.phase(),
             std::process::id(),
@@ -92,6 +93,7 @@ impl ServerView {
             self.admission.limit(),
             self.metrics.uptime_s(),
             self.drain_seconds(),
+            supervisor,
         )
     }
 
@@ -203,4 +205,43 @@ impl ServerView {
         );
         out
     }
+}
+
+/// The supervisor's part of `/status`, when this process is a supervised worker:
+/// `supervisor_pid`, `generation` (successful reloads) and `last_reload` (`ok`, or why it
+/// failed; empty before any).
+#[cfg(unix)]
+fn supervisor_fields() -> String {
+    match lameduck::supervisor::SupervisorStatus::current() {
+        Some(s) => format!(
+            ",\"supervisor_pid\":{},\"generation\":{},\"last_reload\":{}",
+            s.supervisor_pid,
+            s.generation,
+            json_string(&s.last_reload)
+        ),
+        None => ",\"supervisor_pid\":null,\"generation\":0,\"last_reload\":\"\"".to_owned(),
+    }
+}
+
+#[cfg(not(unix))]
+fn supervisor_fields() -> String {
+    ",\"supervisor_pid\":null,\"generation\":0,\"last_reload\":\"\"".to_owned()
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }

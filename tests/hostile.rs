@@ -82,7 +82,11 @@ fn http2_streams_stalled_by_flow_control_are_bounded_and_reset() {
     dir.write("big.bin", &vec![7u8; 1 << 20]);
     dir.write("index.html", b"hello\n");
     let write_timeout = Duration::from_secs(4);
-    let server = Lameduck::serve(&[dir.arg(), "--write-timeout", "4s"], false);
+    // One process, so that its memory and descriptors are the server's own.
+    let server = Lameduck::serve(
+        &[dir.arg(), "--write-timeout", "4s", "--no-supervisor"],
+        false,
+    );
     let pid = server.child.id();
     let addr = server.addr;
     assert_eq!(get(addr, "/", &[]).status, 200);
@@ -198,6 +202,7 @@ fn serve_with_fd_limit(dir: &TempDir, limit: u64) -> Lameduck {
     }
     cmd.args([
         "serve",
+        "--no-supervisor",
         dir.arg(),
         "--listen",
         "127.0.0.1:0",
@@ -314,7 +319,14 @@ fn slowloris_and_slow_readers_do_not_hold_up_others_and_resources_come_back() {
     dir.write("index.html", b"hello\n");
     dir.write("big.bin", &vec![1u8; 4 << 20]);
     let server = Lameduck::serve(
-        &[dir.arg(), "--header-timeout", "2s", "--write-timeout", "2s"],
+        &[
+            dir.arg(),
+            "--header-timeout",
+            "2s",
+            "--write-timeout",
+            "2s",
+            "--no-supervisor",
+        ],
         false,
     );
     let pid = server.child.id();
@@ -391,7 +403,7 @@ fn get_root_block() -> Vec<u8> {
 fn http2_rapid_reset_and_continuation_flood_leave_others_served() {
     let dir = TempDir::new("h2flood");
     dir.write("index.html", b"hello\n");
-    let server = Lameduck::serve(&[dir.arg()], false);
+    let server = Lameduck::serve(&[dir.arg(), "--no-supervisor"], false);
     let pid = server.child.id();
     let addr = server.addr;
     assert_eq!(get(addr, "/", &[]).status, 200);

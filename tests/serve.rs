@@ -345,7 +345,9 @@ fn admin_endpoints_and_lame_duck() {
     ] {
         assert!(json.contains(field), "{field} missing from {json}");
     }
-    assert!(json.contains(&format!("\"pid\":{}", server.child.id())));
+    // Supervised by default: `pid` is the worker's, `supervisor_pid` the process started.
+    assert!(json.contains(&format!("\"supervisor_pid\":{}", server.child.id())));
+    assert!(!json.contains(&format!("\"pid\":{},", server.child.id())));
     let metrics = server.admin_get("/metrics").text();
     for series in [
         "lameduck_connections_active ",
@@ -516,6 +518,9 @@ fn help_and_version_exit_0() {
         "--config",
         "--list-dirs",
         "--dotfiles",
+        "--no-supervisor",
+        "--pid-file",
+        "--ready-timeout",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }

@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use event_listener::{Event, Listener};
 
@@ -27,6 +27,10 @@ struct Inner {
     /// HTTP connections know when they are idle).
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     room_wanted: Event,
+    /// Set while the acceptor waits at the limit; a level, so that a connection that goes
+    /// idle later (or starts listening late) still sees it.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    room_wanted_now: AtomicBool,
     hooks: Arc<Hooks>,
 }
 
@@ -50,6 +54,7 @@ impl Admission {
                 rejected: AtomicU64::new(0),
                 released: Event::new(),
                 room_wanted: Event::new(),
+                room_wanted_now: AtomicBool::new(false),
                 hooks: Arc::new(Hooks::default()),
             }),
         }
@@ -140,10 +145,26 @@ impl Admission {
     /// clients can hold every slot until their idle timeout.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn ask_for_room(&self) {
+        // SeqCst, with the SeqCst load in `room_is_wanted` after a listener is registered:
+        // a connection either sees the flag or is woken by this notification.
+        self.inner.room_wanted_now.store(true, Ordering::SeqCst);
         self.inner.room_wanted.notify(usize::MAX);
     }
 
-    /// Resolves the next time [`ask_for_room`](Self::ask_for_room) is called.
+    /// The acceptor got a permit: no more room is needed.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn room_made(&self) {
+        self.inner.room_wanted_now.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether the acceptor is waiting at the limit right now.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn room_is_wanted(&self) -> bool {
+        self.inner.room_wanted_now.load(Ordering::SeqCst)
+    }
+
+    /// Resolves the next time [`ask_for_room`](Self::ask_for_room) is called. Register it,
+    /// then check [`room_is_wanted`](Self::room_is_wanted), to miss nothing.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn room_wanted(&self) -> event_listener::EventListener {
         self.inner.room_wanted.listen()

@@ -373,6 +373,7 @@ where
         Arc::clone(&state),
         shared.timeouts.write,
         ctx.clone(),
+        shared.close_idle_at_limit.then(|| shared.admission.clone()),
     ));
     let service = LifecycleService {
         inner: service,
@@ -386,8 +387,6 @@ where
         // Created only when the drain starts: an idle connection should cost as little as
         // possible.
         let mut grace: Option<Pin<Box<Sleep>>> = None;
-        let mut room = shared.close_idle_at_limit.then(|| shared.admission.room_wanted());
-        let mut closing = false;
         loop {
             tokio::select! {
                 result = connection.as_mut() => return result,
@@ -405,16 +404,6 @@ where
                 _ = async { grace.as_mut().expect("guarded by is_some").await }, if grace.is_some() => {
                     grace = None;
                     connection.as_mut().graceful_shutdown();
-                }
-                _ = async { room.as_mut().expect("guarded by is_some").await }, if room.is_some() && !closing => {
-                    if state.is_idle() {
-                        // The server is at its limit with clients waiting: an idle
-                        // keep-alive connection gives its slot up (nginx does the same).
-                        closing = true;
-                        connection.as_mut().graceful_shutdown();
-                    } else {
-                        room = Some(shared.admission.room_wanted());
-                    }
                 }
             }
         }
@@ -822,6 +811,10 @@ struct TimedIo {
     /// WebSocket polls reads and writes from different tasks).
     forced_read: Option<Pin<Box<dyn Future<Output = Phase> + Send>>>,
     forced_write: Option<Pin<Box<dyn Future<Output = Phase> + Send>>>,
+    /// With `close_idle_at_limit`: the server's admission, to hear when the acceptor waits
+    /// at the limit, and the listener for that, registered while the connection sits idle.
+    room: Option<crate::Admission>,
+    room_listener: Option<event_listener::EventListener>,
 }
 
 impl TimedIo {
@@ -830,6 +823,7 @@ impl TimedIo {
         state: Arc<ConnState>,
         write_timeout: Option<Duration>,
         ctx: ConnCtx,
+        room: Option<crate::Admission>,
     ) -> Self {
         TimedIo {
             inner,
@@ -842,6 +836,35 @@ impl TimedIo {
             ctx,
             forced_read: None,
             forced_write: None,
+            room,
+            room_listener: None,
+        }
+    }
+
+    /// Called when a read is pending: fails (so the connection closes) if the connection is
+    /// idle while the acceptor waits at the connection limit with clients behind it. The
+    /// server then gives the slot to a waiting client, as nginx does with idle keep-alive
+    /// connections when it runs out.
+    fn poll_room_wanted(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        let room = self.room.as_ref()?;
+        if !self.state.is_idle() {
+            return None;
+        }
+        loop {
+            // Listen first, then look at the level: a request made in between is not lost.
+            let listener = self.room_listener.get_or_insert_with(|| room.room_wanted());
+            if room.room_is_wanted() {
+                self.room_listener = None;
+                return Some(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "idle connection closed to make room at the connection limit",
+                ));
+            }
+            match Pin::new(listener).poll(cx) {
+                Poll::Pending => return None,
+                // Notified: look at the level again, with a fresh listener.
+                Poll::Ready(()) => self.room_listener = None,
+            }
         }
     }
 
@@ -970,6 +993,9 @@ impl AsyncRead for TimedIo {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 if let Some(e) = this.poll_forced(cx, true) {
+                    return Poll::Ready(Err(e));
+                }
+                if let Some(e) = this.poll_room_wanted(cx) {
                     return Poll::Ready(Err(e));
                 }
                 this.poll_read_deadline(cx).map(Err)

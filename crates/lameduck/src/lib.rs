@@ -57,12 +57,16 @@ mod hooks;
 pub mod http;
 mod lifecycle;
 pub mod listen;
+#[cfg(unix)]
+pub mod notify;
 mod report;
 #[cfg(feature = "tokio")]
 mod server;
 mod shutdown;
 #[cfg(all(any(unix, windows), feature = "signals"))]
 pub mod signals;
+#[cfg(all(unix, feature = "supervisor"))]
+pub mod supervisor;
 mod tracker;
 
 pub use admission::{Admission, Permit};

@@ -109,6 +109,17 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
 /// list), since two owners of one descriptor would close it twice.
 #[cfg(unix)]
 pub fn inherited() -> Result<Vec<TcpListener>, Error> {
+    Ok(inherited_named()?.into_iter().map(|(_, l)| l).collect())
+}
+
+/// [`inherited`], with each socket's name from `LISTEN_FDNAMES` (systemd's
+/// `FileDescriptorName=`, or the names lameduck's supervisor gives: `http`, `admin`). A socket
+/// without a name is called `unknown`, as systemd does.
+///
+/// # Errors
+/// As [`inherited`].
+#[cfg(unix)]
+pub fn inherited_named() -> Result<Vec<(String, TcpListener)>, Error> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static TAKEN: AtomicBool = AtomicBool::new(false);
 
@@ -131,9 +142,18 @@ pub fn inherited() -> Result<Vec<TcpListener>, Error> {
     if TAKEN.swap(true, Ordering::AcqRel) {
         return Ok(Vec::new());
     }
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let mut names = names.split(':');
     const FIRST: i32 = 3;
     (FIRST..FIRST.saturating_add(count.max(0)))
-        .map(adopt_fd)
+        .map(|fd| {
+            let name = names
+                .next()
+                .filter(|n| !n.is_empty())
+                .unwrap_or("unknown")
+                .to_owned();
+            adopt_fd(fd).map(|l| (name, l))
+        })
         .collect()
 }
 

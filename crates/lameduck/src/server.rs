@@ -328,8 +328,9 @@ impl Server {
                     self.admission.ask_for_room();
                 }
             }
-            if permit.is_some() {
+            if permit.is_some() && asked_for_room {
                 asked_for_room = false;
+                self.admission.room_made();
             }
             let now = Instant::now();
             let resume = backoff.next_resume(now);
