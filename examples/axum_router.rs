@@ -20,6 +20,10 @@
 //!
 //! SIGINT/SIGTERM: lame duck (still serving, `/ready` says 503), then drain (listeners closed,
 //! requests in flight finish), then exit 0; 3 if the deadline had to cut connections.
+//!
+//! It adopts a socket handed over by `LISTEN_FDS` and says `READY=1` by sd_notify, so it runs
+//! under `lameduck run --listen ADDR -- axum_router` (SIGHUP then replaces it with no refused
+//! client) or as a systemd `Type=notify` service with socket activation.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -224,20 +228,35 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<lameduck::Report, Box<dyn std::error::Error>> {
-    let listener = lameduck::listen::bind(args.listen)?;
+    // Under `lameduck run` (or systemd socket activation) the socket is handed over and
+    // --listen is ignored: it stays open across restarts, so no client is refused.
+    #[cfg(unix)]
+    let inherited = lameduck::listen::inherited()?.into_iter().next();
+    #[cfg(not(unix))]
+    let inherited = None;
+    let listener = match inherited {
+        Some(listener) => listener,
+        None => lameduck::listen::bind(args.listen)?,
+    };
     let shutdown = lameduck::Shutdown::new();
     let _signals = lameduck::signals::install(&shutdown)?;
     let app = app(Readiness::new(shutdown.clone()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(
-        lameduck::http::serve(listener, app)
-            .with_shutdown(shutdown)
-            .drain_timeout(args.drain_timeout)
-            .header_timeout(args.header_timeout)
-            .lame_duck(args.lame_duck)
-            .run(),
-    )?;
+    let serve = lameduck::http::serve(listener, app)
+        .with_shutdown(shutdown)
+        .drain_timeout(args.drain_timeout)
+        .header_timeout(args.header_timeout)
+        .lame_duck(args.lame_duck);
+    let report = runtime.block_on(async move {
+        // Tell a supervisor (lameduck run, or systemd with Type=notify) that we serve.
+        #[cfg(unix)]
+        lameduck::notify::ready()?;
+        serve
+            .run()
+            .await
+            .map_err(Box::<dyn std::error::Error>::from)
+    })?;
     Ok(report)
 }

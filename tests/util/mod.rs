@@ -76,7 +76,18 @@ impl Lameduck {
 
     /// Starts `cmd` (a `lameduck serve` command line) with stderr captured, and waits until it
     /// says where it listens (and where its admin endpoint is, when `admin`).
-    pub fn spawn(mut cmd: Command, admin: bool) -> Lameduck {
+    pub fn spawn(cmd: Command, admin: bool) -> Lameduck {
+        let mut me = Lameduck::spawn_waiting(cmd, "serving");
+        if admin {
+            let line = me.wait_log("admin endpoint");
+            me.admin = Some(field_addr(&line));
+        }
+        me
+    }
+
+    /// Starts `cmd` with stderr captured, and takes its address from the first log line
+    /// that contains `needle`.
+    pub fn spawn_waiting(mut cmd: Command, needle: &str) -> Lameduck {
         let mut child = cmd
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -100,12 +111,8 @@ impl Lameduck {
             lines,
             log: Vec::new(),
         };
-        let serving = me.wait_log("serving");
+        let serving = me.wait_log(needle);
         me.addr = field_addr(&serving);
-        if admin {
-            let line = me.wait_log("admin endpoint");
-            me.admin = Some(field_addr(&line));
-        }
         me
     }
 
@@ -372,4 +379,190 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Continuous keep-alive load from real clients, counting every request: `clients` threads,
+/// each sending `GET path` back to back on one connection, reconnecting when the server
+/// closes it (after a `Connection: close` answer, or between requests).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    pub counts: std::sync::Arc<LoadCounts>,
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug, Default)]
+pub struct LoadCounts {
+    /// Requests answered 200.
+    pub ok: std::sync::atomic::AtomicU64,
+    /// Requests sent and not answered (reset, closed, timed out) or answered other than 200.
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Connection attempts refused (or failed to connect at all).
+    pub refused: std::sync::atomic::AtomicU64,
+    /// Connections closed by the server between two requests, before the next was sent.
+    pub closed_between: std::sync::atomic::AtomicU64,
+}
+
+impl LoadCounts {
+    pub fn get(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (
+            self.ok.load(SeqCst),
+            self.failed.load(SeqCst),
+            self.refused.load(SeqCst),
+        )
+    }
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, path: &str, clients: usize) -> Load {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(LoadCounts::default());
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                let counts = Arc::clone(&counts);
+                let request = format!("GET {path} HTTP/1.1\r\nHost: load\r\n\r\n");
+                std::thread::spawn(move || load_client(addr, &request, &stop, &counts))
+            })
+            .collect();
+        Load {
+            stop,
+            threads,
+            counts,
+        }
+    }
+
+    /// Stops the clients (each finishes the request it is on) and returns the counts.
+    pub fn stop(self) -> (u64, u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.threads {
+            t.join().expect("a load client panicked");
+        }
+        self.counts.get()
+    }
+}
+
+fn load_client(
+    addr: SocketAddr,
+    request: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    counts: &LoadCounts,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    while !stop.load(SeqCst) {
+        let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(s) => s,
+            Err(_) => {
+                counts.refused.fetch_add(1, SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        let mut first = true;
+        while !stop.load(SeqCst) {
+            if !first {
+                // The server may close an idle keep-alive connection between requests: that
+                // is not a failed request, the client reconnects. Only a request that was
+                // sent and not answered counts as failed.
+                let mut probe = [0u8; 1];
+                writer.set_nonblocking(true).unwrap();
+                let closed = match std::io::Read::read(&mut reader.get_mut(), &mut probe) {
+                    Ok(0) => true,
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                    Ok(_) => false,
+                };
+                writer.set_nonblocking(false).unwrap();
+                if closed {
+                    counts.closed_between.fetch_add(1, SeqCst);
+                    break;
+                }
+            }
+            first = false;
+            if writer.write_all(request.as_bytes()).is_err() {
+                counts.failed.fetch_add(1, SeqCst);
+                break;
+            }
+            match read_one_response(&mut reader) {
+                Some((200, close)) => {
+                    counts.ok.fetch_add(1, SeqCst);
+                    if close {
+                        break;
+                    }
+                }
+                Some((_, _)) | None => {
+                    counts.failed.fetch_add(1, SeqCst);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body: `(status, connection: close)`.
+fn read_one_response(reader: &mut BufReader<TcpStream>) -> Option<(u16, bool)> {
+    let mut status_line = String::new();
+    if reader.read_line(&mut status_line).ok()? == 0 {
+        return None;
+    }
+    let status: u16 = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut length = 0usize;
+    let mut close = false;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':')?;
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.trim().parse().ok()?;
+        } else if name.eq_ignore_ascii_case("connection") {
+            close = value.trim().eq_ignore_ascii_case("close");
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).ok()?;
+    Some((status, close))
+}
+
+/// Whether process `pid` is alive (and not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// A numeric field of the admin endpoint's `/status` JSON.
+pub fn status_field(json: &str, key: &str) -> Option<u64> {
+    let needle = format!("\"{key}\":");
+    let start = json.find(&needle)? + needle.len();
+    let rest = &json[start..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].trim().parse().ok()
+}
+
+/// A string field of the admin endpoint's `/status` JSON.
+pub fn status_text(json: &str, key: &str) -> Option<String> {
+    let needle = format!("\"{key}\":\"");
+    let start = json.find(&needle)? + needle.len();
+    let rest = &json[start..];
+    Some(rest[..rest.find('"')?].to_owned())
 }

@@ -1,0 +1,392 @@
+//! Zero-downtime reloads with the real binary: `lameduck serve` supervised (the default) and
+//! `lameduck run`, under continuous keep-alive load from real clients counting every request,
+//! with real signals. Every wait is bounded; every process started is killed on the way out.
+#![cfg(unix)]
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use libc::{SIGHUP, SIGKILL, SIGTERM};
+use util::{Lameduck, Load, TempDir, WAIT, alive, send_signal, status_field, status_text};
+
+/// The admin `/status` of a supervised server.
+fn status(server: &Lameduck) -> String {
+    server.admin_get("/status").text()
+}
+
+/// Polls `/status` until `f` holds; returns that status.
+fn wait_status(server: &Lameduck, what: &str, f: impl Fn(&str) -> bool) -> String {
+    let end = Instant::now() + WAIT;
+    loop {
+        let s = status(server);
+        if f(&s) {
+            return s;
+        }
+        assert!(Instant::now() < end, "never saw {what}: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn worker_pid(s: &str) -> u64 {
+    status_field(s, "pid").expect("pid in /status")
+}
+
+/// Reloads once and waits for the new worker to be the one answering.
+fn reload(server: &Lameduck, generation: u64) -> u64 {
+    let before = worker_pid(&status(server));
+    server.signal(SIGHUP);
+    let s = wait_status(server, "the new worker", |s| {
+        status_field(s, "generation") == Some(generation) && worker_pid(s) != before
+    });
+    assert_eq!(status_text(&s, "last_reload").as_deref(), Some("ok"));
+    worker_pid(&s)
+}
+
+#[test]
+fn ten_reloads_under_load_fail_no_request_and_refuse_no_connection() {
+    let dir = TempDir::new("sup-reload");
+    dir.write("index.html", b"hello from a worker\n");
+    let mut server = Lameduck::serve(&[dir.arg()], true);
+    let supervisor = server.child.id();
+    let first = worker_pid(&status(&server));
+    assert_ne!(first, u64::from(supervisor), "the server runs in a worker");
+    let load = Load::start(server.addr, "/", 16);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut pids = vec![first];
+    for generation in 1..=10 {
+        pids.push(reload(&server, generation));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed, refused) = load.stop();
+    println!(
+        "10 reloads under load: {ok} requests answered, {failed} failed, {refused} refused connects"
+    );
+    assert_eq!(
+        (failed, refused),
+        (0, 0),
+        "requests failed or connects refused"
+    );
+    assert!(ok > 100, "the load barely ran: {ok}");
+    let mut unique = pids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 11, "a new worker each time: {pids:?}");
+    let s = status(&server);
+    assert_eq!(
+        status_field(&s, "supervisor_pid"),
+        Some(u64::from(supervisor))
+    );
+    server.signal(SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    for pid in pids {
+        assert!(!alive(pid as u32), "worker {pid} is still running");
+    }
+}
+
+#[test]
+fn a_reload_with_a_broken_config_keeps_the_old_worker_serving() {
+    let dir = TempDir::new("sup-config");
+    dir.write("www/index.html", b"hello\n");
+    let config = dir.write(
+        "lameduck.toml",
+        format!("dir = \"{}\"\n", dir.path().join("www").display()).as_bytes(),
+    );
+    let mut server = Lameduck::serve(&["--config", config.to_str().unwrap()], true);
+    let first = worker_pid(&status(&server));
+    let load = Load::start(server.addr, "/", 8);
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&config, "drain-timeout = \"whenever\"\n").unwrap();
+    server.signal(SIGHUP);
+    let s = wait_status(&server, "the failed reload", |s| {
+        status_text(s, "last_reload").is_some_and(|r| r.starts_with("failed"))
+    });
+    assert_eq!(worker_pid(&s), first, "the old worker keeps serving");
+    assert_eq!(status_field(&s, "generation"), Some(0));
+    server.wait_log("reload failed");
+    server.wait_log("invalid duration");
+    std::thread::sleep(Duration::from_millis(200));
+    // Fixed: the next reload works.
+    std::fs::write(
+        &config,
+        format!("dir = \"{}\"\n", dir.path().join("www").display()),
+    )
+    .unwrap();
+    reload(&server, 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, failed, refused) = load.stop();
+    println!("broken-config reload under load: {ok} answered, {failed} failed, {refused} refused");
+    assert_eq!((failed, refused), (0, 0));
+    server.signal(SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+/// A copy of the binary in a directory of its own, so the test can replace it on disk.
+fn copy_of_the_binary(dir: &TempDir) -> PathBuf {
+    let path = dir.path().join("bin/lameduck");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::copy(util::bin(), &path).unwrap();
+    path
+}
+
+/// Replaces `path` with a shell script, by rename, as a package upgrade would.
+fn replace_with_script(path: &Path, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn a_worker_never_ready_is_killed_and_a_replaced_binary_is_what_the_next_reload_runs() {
+    let dir = TempDir::new("sup-binary");
+    dir.write("www/index.html", b"hello\n");
+    let exe = copy_of_the_binary(&dir);
+    let mut cmd = Command::new(&exe);
+    cmd.args([
+        "serve",
+        dir.path().join("www").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--ready-timeout",
+        "1s",
+    ]);
+    let mut server = Lameduck::spawn(cmd, true);
+    let first = worker_pid(&status(&server));
+    let load = Load::start(server.addr, "/", 8);
+    std::thread::sleep(Duration::from_millis(200));
+
+    // A new version that never becomes ready.
+    let hung = dir.path().join("hung.pid");
+    replace_with_script(
+        &exe,
+        &format!("echo $$ > {}\nexec sleep 30", hung.display()),
+    );
+    server.signal(SIGHUP);
+    let s = wait_status(&server, "the reload to time out", |s| {
+        status_text(s, "last_reload").is_some_and(|r| r.contains("not ready within"))
+    });
+    assert_eq!(worker_pid(&s), first, "the old worker keeps serving");
+    server.wait_log("reload failed");
+    let hung_pid: u32 = std::fs::read_to_string(&hung)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        util::eventually(WAIT, || !alive(hung_pid)),
+        "the worker that never became ready was not killed"
+    );
+
+    // The next version is a wrapper that says it ran, then runs the real binary.
+    let marker = dir.path().join("v2-ran");
+    replace_with_script(
+        &exe,
+        &format!(
+            "echo v2 > {}\nexec {} \"$@\"",
+            marker.display(),
+            util::bin()
+        ),
+    );
+    let second = reload(&server, 1);
+    assert_ne!(second, first);
+    assert!(
+        marker.exists(),
+        "the reload did not run the replaced binary"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, failed, refused) = load.stop();
+    println!(
+        "never-ready reload and binary swap under load: {ok} answered, {failed} failed, {refused} refused"
+    );
+    assert_eq!((failed, refused), (0, 0));
+    server.signal(SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn kill_9_of_the_worker_is_replaced_at_once_and_no_connect_is_refused() {
+    let dir = TempDir::new("sup-kill");
+    dir.write("index.html", b"hello\n");
+    let mut server = Lameduck::serve(&[dir.arg()], true);
+    let first = worker_pid(&status(&server));
+    let load = Load::start(server.addr, "/", 8);
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    send_signal(first as u32, SIGKILL);
+    let s = wait_status(&server, "a new worker", |s| worker_pid(s) != first);
+    let replaced = killed.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed, refused) = load.stop();
+    println!(
+        "kill -9 under load: new worker answering after {replaced:?}; {ok} answered, {failed} failed (in flight on the killed worker), {refused} refused"
+    );
+    assert_eq!(
+        refused, 0,
+        "a connect was refused while the worker was down"
+    );
+    assert!(
+        replaced < Duration::from_secs(3),
+        "replaced after {replaced:?}"
+    );
+    assert!(
+        failed <= 8,
+        "more failures than requests in flight: {failed}"
+    );
+    assert_ne!(worker_pid(&s), first);
+    server.wait_log("worker died");
+    server.signal(SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn sigterm_drains_and_exits_0_and_leaves_no_process() {
+    let mut server = Lameduck::serve(&[], true);
+    let worker = worker_pid(&status(&server)) as u32;
+    assert_eq!(server.get("/").status, 200);
+    server.signal(SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    assert!(
+        util::eventually(WAIT, || !alive(worker)),
+        "the worker outlived the supervisor"
+    );
+    // The sockets are closed with it: connects are refused.
+    assert!(std::net::TcpStream::connect(server.addr).is_err());
+}
+
+#[test]
+fn a_second_sigterm_forces_and_exits_3() {
+    let dir = TempDir::new("sup-force");
+    dir.write("big.bin", &vec![7u8; 32 << 20]);
+    let mut server = Lameduck::serve(&[dir.arg(), "--drain-timeout", "30s"], true);
+    let worker = worker_pid(&status(&server)) as u32;
+    // A download that takes its time: the drain waits for it.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    sock.connect(&server.addr.into()).unwrap();
+    let mut slow: std::net::TcpStream = sock.into();
+    use std::io::{Read, Write};
+    slow.write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 1024];
+    let _ = slow.read(&mut first).unwrap();
+    server.signal(SIGTERM);
+    server.wait_log("draining");
+    server.signal(SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(3));
+    assert!(util::eventually(WAIT, || !alive(worker)));
+    drop(slow);
+}
+
+#[test]
+fn pid_file_names_the_supervisor_and_hup_through_it_reloads() {
+    let dir = TempDir::new("sup-pidfile");
+    let pid_file = dir.path().join("lameduck.pid");
+    let mut server = Lameduck::serve(&["--pid-file", pid_file.to_str().unwrap()], true);
+    let written: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(written, server.child.id());
+    let first = worker_pid(&status(&server));
+    send_signal(written, SIGHUP);
+    let s = wait_status(&server, "the reload", |s| worker_pid(s) != first);
+    assert_eq!(status_field(&s, "generation"), Some(1));
+    server.signal(SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    assert!(!pid_file.exists(), "the pid file outlived the supervisor");
+}
+
+/// The built example `name`.
+fn example(name: &str) -> PathBuf {
+    Path::new(util::bin())
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
+#[test]
+fn lameduck_run_reloads_and_stops_an_axum_program() {
+    let app = example("axum_router");
+    assert!(app.exists(), "{} is not built", app.display());
+    let mut cmd = Command::new(util::bin());
+    cmd.args([
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--ready-timeout",
+        "10s",
+        "--",
+    ])
+    .arg(&app);
+    let mut server = Lameduck::spawn_waiting(cmd, "supervisor: listening");
+    server.wait_log("worker ready");
+    let load = Load::start(server.addr, "/", 8);
+    std::thread::sleep(Duration::from_millis(300));
+    for n in 1..=3 {
+        server.signal(SIGHUP);
+        server.wait_log_count("new worker ready", n);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, failed, refused) = load.stop();
+    println!(
+        "lameduck run + axum_router, 3 reloads under load: {ok} answered, {failed} failed, {refused} refused"
+    );
+    assert_eq!((failed, refused), (0, 0));
+    assert!(ok > 50);
+    server.signal(SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn the_supervisor_speaks_sd_notify_to_systemd() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("sup-notify");
+    let socket_path = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&socket_path).unwrap();
+    systemd.set_read_timeout(Some(WAIT)).unwrap();
+    let mut messages = Vec::new();
+    let mut next = |what: &str, messages: &mut Vec<String>| -> String {
+        loop {
+            let mut buf = [0u8; 4096];
+            let n = systemd
+                .recv(&mut buf)
+                .unwrap_or_else(|_| panic!("no {what} on NOTIFY_SOCKET; got {messages:?}"));
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            messages.push(msg.clone());
+            if msg.contains(what) {
+                return msg;
+            }
+        }
+    };
+    let mut cmd = Command::new(util::bin());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &socket_path);
+    let mut server = Lameduck::spawn(cmd, true);
+    let ready = next("READY=1", &mut messages);
+    assert!(ready.contains("STATUS="), "{ready}");
+    server.signal(SIGHUP);
+    let reloading = next("RELOADING=1", &mut messages);
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .expect("MONOTONIC_USEC with RELOADING=1")
+        .parse()
+        .unwrap();
+    assert!(usec > 0);
+    next("READY=1", &mut messages);
+    server.signal(SIGTERM);
+    next("STOPPING=1", &mut messages);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    // The workers spoke to the supervisor, not to systemd: one READY per supervisor event.
+    let readies = messages.iter().filter(|m| m.contains("READY=1")).count();
+    assert_eq!(readies, 2, "{messages:?}");
+}
