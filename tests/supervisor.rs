@@ -354,7 +354,7 @@ fn the_supervisor_speaks_sd_notify_to_systemd() {
     let systemd = UnixDatagram::bind(&socket_path).unwrap();
     systemd.set_read_timeout(Some(WAIT)).unwrap();
     let mut messages = Vec::new();
-    let mut next = |what: &str, messages: &mut Vec<String>| -> String {
+    let next = |what: &str, messages: &mut Vec<String>| -> String {
         loop {
             let mut buf = [0u8; 4096];
             let n = systemd
