@@ -18,7 +18,9 @@
 //! connection on a task, and [`blocking::Server`] one that serves it on a bounded pool of
 //! threads; [`signals`] (feature `signals`) maps SIGINT/SIGTERM (Ctrl-C on Windows) onto a
 //! [`Shutdown`];
-//! [`listen`] binds sockets with a high backlog.
+//! [`listen`] binds sockets with a high backlog and adopts inherited ones; [`notify`] speaks
+//! sd_notify; [`supervisor`] (feature `supervisor`, unix) holds the sockets in a parent
+//! process while workers come and go, for reloads that refuse no client.
 //!
 //! ```no_run
 //! # #[cfg(all(feature = "tokio", feature = "signals"))]
