@@ -8,6 +8,10 @@
 //! SECONDS. A response with `Connection: close` makes it reconnect; a refused connection ends
 //! the task. With PID, SIGTERM is sent to PID after SIGNAL_AFTER_MS milliseconds.
 //! Prints `requests=N failed=N refused=N`.
+//!
+//! With `RETRY_REFUSED=1` in the environment a refused connection is counted and retried
+//! (every 10 ms) instead of ending the task: for measuring reloads, where the server should
+//! never stop listening.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -103,6 +107,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .await;
         });
     }
+    let retry_refused = std::env::var_os("RETRY_REFUSED").is_some_and(|v| v == "1");
     let counts = Arc::new(Counts::default());
     let mut tasks = Vec::new();
     for _ in 0..connections {
@@ -112,6 +117,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             'connect: while Instant::now() < end {
                 let Ok(mut stream) = TcpStream::connect(addr).await else {
                     counts.refused.fetch_add(1, Ordering::Relaxed);
+                    if retry_refused {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue 'connect;
+                    }
                     return;
                 };
                 while Instant::now() < end {
