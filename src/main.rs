@@ -324,6 +324,23 @@ fn run(args: config::RunArgs) -> Result<ExitCode, BoxError> {
     }
 }
 
+/// Resolves when this worker has been replaced by a new one (a reload): once shut down, if
+/// the supervisor's status names another worker as serving. Never, when not supervised.
+async fn replaced(shutdown: lameduck::Shutdown, mode: Mode) {
+    #[cfg(unix)]
+    if mode == Mode::Worker {
+        shutdown.reached(lameduck::Phase::LameDuck).await;
+        let me = std::process::id();
+        if lameduck::supervisor::SupervisorStatus::current()
+            .is_some_and(|s| s.worker_pid != 0 && s.worker_pid != me)
+        {
+            return;
+        }
+    }
+    let _ = (shutdown, mode);
+    std::future::pending().await
+}
+
 /// Serves in this process: alone, or as a supervisor's worker.
 fn serve_here(
     settings: Settings,
@@ -389,8 +406,16 @@ fn serve_here(
     let report = runtime.block_on(async move {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let admin = admin_listener.map(|listener| {
+            let replaced = replaced(shutdown.clone(), mode);
             let stopped = async move {
-                let _ = stopped.await;
+                // The admin endpoint answers until the server has stopped (so probes see
+                // `/ready` fail through lame duck and drain), unless a new worker has taken
+                // over: then the shared admin socket is the new worker's alone, and probes
+                // must not reach this one, draining, and read "not ready".
+                tokio::select! {
+                    _ = stopped => {}
+                    _ = replaced => {}
+                }
             };
             tokio::spawn(
                 admin::run(listener, view, stopped).instrument(tracing::info_span!("admin")),

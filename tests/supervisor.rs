@@ -390,3 +390,92 @@ fn the_supervisor_speaks_sd_notify_to_systemd() {
     let readies = messages.iter().filter(|m| m.contains("READY=1")).count();
     assert_eq!(readies, 2, "{messages:?}");
 }
+
+/// A download of `path` that reads nothing after its first bytes: the worker serving it
+/// stays busy (draining, after a reload) until it is cut or the client goes.
+fn stalled_download(addr: std::net::SocketAddr, path: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut first = [0u8; 1024];
+    assert!(s.read(&mut first).unwrap() > 0);
+    s
+}
+
+#[test]
+fn old_workers_draining_at_once_are_bounded() {
+    let dir = TempDir::new("sup-draining");
+    dir.write("big.bin", &vec![7u8; 32 << 20]);
+    let mut server = Lameduck::serve(&[dir.arg(), "--drain-timeout", "60s"], true);
+    let mut downloads = Vec::new();
+    let mut old = Vec::new();
+    for generation in 1..=6 {
+        downloads.push(stalled_download(server.addr, "/big.bin"));
+        old.push(worker_pid(&status(&server)) as u32);
+        reload(&server, generation);
+    }
+    // Six old workers would be draining; at most four may: the two oldest were forced.
+    server.wait_log_count("too many workers draining; forcing the oldest", 2);
+    assert!(util::eventually(WAIT, || !alive(old[0]) && !alive(old[1])));
+    assert!(
+        old[2..].iter().all(|&pid| alive(pid)),
+        "a newer draining worker was cut"
+    );
+    drop(downloads);
+    server.signal(SIGTERM);
+    let code = server.wait_exit().code();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn lameduck_run_takes_a_program_that_never_notifies_as_ready_after_the_delay() {
+    // A server that knows LISTEN_FDS but not sd_notify: Python's http.server on fd 3.
+    let dir = TempDir::new("sup-delay");
+    let script = dir.write(
+        "server.py",
+        br#"import http.server, os, signal, socket, sys, threading
+assert os.environ["LISTEN_PID"] == str(os.getpid())
+sock = socket.socket(fileno=3)
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"hello from python\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H, bind_and_activate=False)
+srv.socket.close()
+srv.socket = sock
+signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=srv.shutdown).start())
+srv.serve_forever()
+sys.exit(0)
+"#,
+    );
+    let mut cmd = Command::new(util::bin());
+    cmd.args([
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--ready-delay",
+        "300ms",
+        "--",
+        "python3",
+    ])
+    .arg(&script);
+    let mut server = Lameduck::spawn_waiting(cmd, "supervisor: listening");
+    server.wait_log("worker ready");
+    assert_eq!(server.get("/").text(), "hello from python\n");
+    server.signal(SIGHUP);
+    server.wait_log("new worker ready");
+    assert_eq!(server.get("/").text(), "hello from python\n");
+    server.signal(SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+}

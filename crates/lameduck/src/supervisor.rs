@@ -625,6 +625,14 @@ impl Run {
         };
         self.close_notify(&mut new);
         let reload = self.current.is_some();
+        // The status names the new worker before the old one hears of it: a worker that is
+        // told to stop can tell "replaced" from "the service stops".
+        self.status.worker_pid = u32::try_from(new.pid).unwrap_or(0);
+        if reload {
+            self.status.generation += 1;
+            self.status.last_reload = "ok".to_owned();
+        }
+        self.write_status();
         if let Some(mut old) = self.current.take() {
             tracing::info!(
                 old = old.pid,
@@ -633,16 +641,12 @@ impl Run {
             );
             terminate(&mut old);
             self.draining.push(old);
-            self.status.generation += 1;
-            self.status.last_reload = "ok".to_owned();
         } else {
             tracing::info!(pid = new.pid, "supervisor: worker ready");
         }
         self.restarts.reset();
         self.ever_ready = true;
-        self.status.worker_pid = u32::try_from(new.pid).unwrap_or(0);
         self.current = Some(new);
-        self.write_status();
         let _ = notify::send(&format!(
             "READY=1\nSTATUS=serving (worker {}, generation {})",
             self.status.worker_pid, self.status.generation
