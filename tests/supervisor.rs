@@ -436,7 +436,32 @@ fn old_workers_draining_at_once_are_bounded() {
 fn lameduck_run_takes_a_program_that_never_notifies_as_ready_after_the_delay() {
     // A server that knows LISTEN_FDS but not sd_notify: Python's http.server on fd 3.
     let dir = TempDir::new("sup-delay");
-    let script = dir.write(
+    let script = python_server(&dir);
+    let mut cmd = Command::new(util::bin());
+    cmd.args([
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--ready-delay",
+        "300ms",
+        "--",
+        "python3",
+    ])
+    .arg(&script);
+    let mut server = Lameduck::spawn_waiting(cmd, "supervisor: listening");
+    server.wait_log("worker ready");
+    assert_eq!(server.get("/").text(), "hello from python\n");
+    server.signal(SIGHUP);
+    server.wait_log("new worker ready");
+    assert_eq!(server.get("/").text(), "hello from python\n");
+    server.signal(SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+/// A server that knows LISTEN_FDS but not sd_notify: Python's http.server on fd 3, which
+/// stops on SIGTERM.
+fn python_server(dir: &TempDir) -> PathBuf {
+    dir.write(
         "server.py",
         br#"import http.server, os, signal, socket, sys, threading
 assert os.environ["LISTEN_PID"] == str(os.getpid())
@@ -458,24 +483,75 @@ signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=srv.shutdown).s
 srv.serve_forever()
 sys.exit(0)
 "#,
-    );
-    let mut cmd = Command::new(util::bin());
-    cmd.args([
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--ready-delay",
-        "300ms",
-        "--",
-        "python3",
-    ])
-    .arg(&script);
+    )
+}
+
+/// Children of `pid` (from /proc), with their state letters.
+fn children_states(pid: u32) -> Vec<(u32, char)> {
+    let list =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    list.split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let state = stat.rsplit(')').next()?.trim_start().chars().next()?;
+            Some((p, state))
+        })
+        .collect()
+}
+
+#[test]
+fn as_pid_1_the_supervisor_reaps_orphans() {
+    if Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        eprintln!("no PID namespaces here (unshare failed): skipped");
+        return;
+    }
+    let dir = TempDir::new("sup-pid1");
+    let script = python_server(&dir);
+    // The worker leaves an orphan behind: a `sleep` whose parent exits at once, so it is
+    // handed to PID 1, the supervisor, which must reap it when it ends.
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc"])
+        .arg(util::bin())
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--ready-delay",
+            "200ms",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(format!("(sleep 0.3 &); exec python3 {}", script.display()));
     let mut server = Lameduck::spawn_waiting(cmd, "supervisor: listening");
     server.wait_log("worker ready");
+    let unshare = server.child.id();
+    let supervisor = children_states(unshare)
+        .first()
+        .map(|(p, _)| *p)
+        .expect("the supervisor under unshare");
+    // The orphan appears as the supervisor's child, and is gone (reaped, not a zombie) once
+    // it has ended.
+    assert!(
+        util::eventually(WAIT, || children_states(supervisor).len() >= 2),
+        "the orphan never reached PID 1: {:?}",
+        children_states(supervisor)
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let left = children_states(supervisor);
+    assert!(
+        left.iter().all(|(_, state)| *state != 'Z'),
+        "zombies under PID 1: {left:?}"
+    );
+    assert_eq!(left.len(), 1, "only the worker is left: {left:?}");
     assert_eq!(server.get("/").text(), "hello from python\n");
-    server.signal(SIGHUP);
-    server.wait_log("new worker ready");
-    assert_eq!(server.get("/").text(), "hello from python\n");
-    server.signal(SIGTERM);
+    // To the supervisor itself (unshare passes no signal on); unshare exits with it.
+    send_signal(supervisor, SIGTERM);
     assert_eq!(server.wait_exit().code(), Some(0));
 }
