@@ -95,6 +95,7 @@ pub fn serve<S>(listener: impl IntoListener, service: S) -> Serve<S> {
         max_header_size: DEFAULT_MAX_HEADER_SIZE,
         max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         close_idle_at_limit: true,
+        tls: None,
     }
 }
 
@@ -108,6 +109,7 @@ pub struct Serve<S> {
     max_header_size: usize,
     max_concurrent_streams: u32,
     close_idle_at_limit: bool,
+    tls: Option<TlsSetup>,
 }
 
 impl<S> fmt::Debug for Serve<S> {
@@ -119,6 +121,7 @@ impl<S> fmt::Debug for Serve<S> {
             .field("max_header_size", &self.max_header_size)
             .field("max_concurrent_streams", &self.max_concurrent_streams)
             .field("close_idle_at_limit", &self.close_idle_at_limit)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -199,6 +202,36 @@ impl<S> Serve<S> {
         self
     }
 
+    /// Serves HTTPS with `config` (from [`crate::tls::server_config`], or your own; ALPN
+    /// `h2` and `http/1.1` are set when it names none). The handshake runs inside each
+    /// connection's lifecycle: under its permit, bounded by the header timeout, cut at the
+    /// drain deadline; a failed one closes that connection only and is counted in
+    /// [`tls_stats`](Self::tls_stats). A graceful close sends `close_notify`.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        let config = if config.alpn_protocols.is_empty() {
+            let mut c = (*config).clone();
+            c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Arc::new(c)
+        } else {
+            config
+        };
+        self.tls = Some(TlsSetup {
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+            stats: crate::tls::TlsStats::default(),
+        });
+        self
+    }
+
+    /// Handshake counts (all zero without [`tls`](Self::tls)).
+    #[cfg(feature = "tls")]
+    pub fn tls_stats(&self) -> crate::tls::TlsStats {
+        match &self.tls {
+            Some(tls) => tls.stats.clone(),
+            None => crate::tls::TlsStats::default(),
+        }
+    }
+
     /// Grace an idle HTTP/1 keep-alive connection gets when the drain starts.
     pub fn keep_alive_grace(mut self, grace: Duration) -> Self {
         self.keep_alive_grace = grace;
@@ -276,6 +309,7 @@ where
             .max_header_list_size(u32::try_from(self.max_header_size).unwrap_or(u32::MAX));
         let shared = Arc::new(Shared {
             builder,
+            tls: self.tls,
             timeouts: self.timeouts,
             keep_alive_grace: self.keep_alive_grace,
             admission: self.server.admission(),
@@ -328,6 +362,7 @@ impl Readiness {
 
 struct Shared {
     builder: auto::Builder<TrackedExecutor>,
+    tls: Option<TlsSetup>,
     timeouts: Timeouts,
     keep_alive_grace: Duration,
     admission: crate::Admission,
@@ -368,19 +403,40 @@ where
         slot,
         shutdown: conn.shutdown().clone(),
     };
-    let io = TokioIo::new(TimedIo::new(
+    let timed = TimedIo::new(
         stream,
         Arc::clone(&state),
         shared.timeouts.write,
         ctx.clone(),
         shared.close_idle_at_limit.then(|| shared.admission.clone()),
-    ));
+    );
     let service = LifecycleService {
         inner: service,
         conn: conn.clone(),
         state: Arc::clone(&state),
     };
     CONN.scope(ctx, async move {
+        // The TLS handshake, if any, runs here: under the connection's permit, counted, cut
+        // by the header timeout (its bytes are read through the timed socket, whose request-
+        // head deadline runs from the accept) and by the drain deadline, like any request.
+        let io = match &shared.tls {
+            None => Io::Plain(timed),
+            #[cfg(not(feature = "tls"))]
+            Some(never) => match *never {},
+            #[cfg(feature = "tls")]
+            Some(tls) => match tls.acceptor.accept(timed).await {
+                Ok(stream) => {
+                    tls.stats.record(true);
+                    Io::Tls(Box::new(stream))
+                }
+                Err(e) => {
+                    tls.stats.record(false);
+                    tracing::debug!(conn = conn.id(), peer = %conn.peer_addr(), error = %e, "TLS handshake failed");
+                    return Ok(());
+                }
+            },
+        };
+        let io = TokioIo::new(io);
         let mut connection = pin!(shared.builder.serve_connection_with_upgrades(io, service));
         let mut draining = pin!(conn.draining());
         let mut drain_seen = false;
@@ -498,6 +554,83 @@ async fn stalled(stream: &StreamState, timeout: Option<Duration>) {
             timeout_ms - (now - since)
         };
         tokio::time::sleep(Duration::from_millis(wait_ms.max(1))).await;
+    }
+}
+
+/// TLS for every connection of a server.
+#[cfg(feature = "tls")]
+#[derive(Clone)]
+struct TlsSetup {
+    acceptor: tokio_rustls::TlsAcceptor,
+    stats: crate::tls::TlsStats,
+}
+
+/// Without the `tls` feature there is never TLS to set up.
+#[cfg(not(feature = "tls"))]
+#[derive(Clone)]
+enum TlsSetup {}
+
+/// A connection's stream: the timed socket, or TLS over it.
+enum Io {
+    Plain(TimedIo),
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::server::TlsStream<TimedIo>>),
+}
+
+macro_rules! io_delegate {
+    ($self:ident, $io:ident => $e:expr) => {
+        match $self.get_mut() {
+            Io::Plain($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            #[cfg(feature = "tls")]
+            Io::Tls($io) => {
+                let $io = Pin::new(&mut **$io);
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        io_delegate!(self, io => io.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        io_delegate!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        io_delegate!(self, io => io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(io) => io.is_write_vectored(),
+            #[cfg(feature = "tls")]
+            Io::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        io_delegate!(self, io => io.poll_flush(cx))
+    }
+
+    /// On TLS this sends `close_notify` first: a graceful close says so.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        io_delegate!(self, io => io.poll_shutdown(cx))
     }
 }
 

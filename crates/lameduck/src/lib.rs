@@ -64,6 +64,8 @@ pub mod notify;
 mod report;
 #[cfg(feature = "tokio")]
 mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod shutdown;
 #[cfg(all(any(unix, windows), feature = "signals"))]
 pub mod signals;
