@@ -72,6 +72,15 @@ pub(crate) struct ServeArgs {
     /// keeps serving. [default: 30s]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub(crate) ready_timeout: Option<Duration>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first: certbot's fullchain.pem).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Also listen on this address for plain HTTP, answering 308 to the https:// URL.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) redirect_http: Option<SocketAddr>,
 }
 
 /// `lameduck run` flags.
@@ -147,6 +156,9 @@ struct FileConfig {
     no_supervisor: Option<bool>,
     pid_file: Option<PathBuf>,
     ready_timeout: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    redirect_http: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,6 +200,9 @@ pub(crate) struct Settings {
     pub(crate) no_supervisor: bool,
     pub(crate) pid_file: Option<PathBuf>,
     pub(crate) ready_timeout: Duration,
+    /// Certificate chain and key files, for HTTPS.
+    pub(crate) tls: Option<(PathBuf, PathBuf)>,
+    pub(crate) redirect_http: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -254,6 +269,31 @@ impl Settings {
         if max_connections == 0 {
             return Err(ConfigError("max-connections must be at least 1".into()));
         }
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError(
+                    "tls-cert and tls-key go together: give both or neither".into(),
+                ));
+            }
+        };
+        let redirect_http = match args.redirect_http {
+            Some(a) => Some(a),
+            None => file
+                .redirect_http
+                .as_deref()
+                .map(|a| file_addr("redirect-http", a))
+                .transpose()?,
+        };
+        if redirect_http.is_some() && tls.is_none() {
+            return Err(ConfigError(
+                "redirect-http needs tls-cert and tls-key: it sends clients to https://".into(),
+            ));
+        }
         Ok(Settings {
             dir: args.dir.or(file.dir),
             listen,
@@ -296,6 +336,8 @@ impl Settings {
                 .ready_timeout
                 .or(file_duration("ready-timeout", &file.ready_timeout)?)
                 .unwrap_or(Duration::from_secs(30)),
+            tls,
+            redirect_http,
         })
     }
 }

@@ -14,7 +14,9 @@ mod admin;
 mod config;
 mod files;
 mod metrics;
+mod redirect;
 
+use std::future::IntoFuture as _;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -162,17 +164,20 @@ fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
     let metrics = Arc::new(Metrics::new());
     let files = open_files(&settings, &metrics)?;
     init_logging(&settings.log_level, settings.log_format)?;
+    // Loaded here in every mode too: a missing or mismatched certificate stops the start
+    // (or, in a new worker, the reload) with one line.
+    let tls = load_tls(&settings)?;
     raise_fd_limit();
     #[cfg(unix)]
     {
         if std::env::var_os(lameduck::supervisor::ENV_SUPERVISOR_PID).is_some() {
-            return Ok(serve_here(settings, files, metrics, Mode::Worker)?.exit_code());
+            return Ok(serve_here(settings, files, metrics, tls, Mode::Worker)?.exit_code());
         }
         if !settings.no_supervisor {
             return supervise_serve(&settings);
         }
     }
-    Ok(serve_here(settings, files, metrics, Mode::Alone)?.exit_code())
+    Ok(serve_here(settings, files, metrics, tls, Mode::Alone)?.exit_code())
 }
 
 fn open_files(settings: &Settings, metrics: &Arc<Metrics>) -> Result<Files, String> {
@@ -203,53 +208,86 @@ enum Mode {
     Worker,
 }
 
+/// The listening sockets of `serve`.
+struct Sockets {
+    http: Vec<std::net::TcpListener>,
+    admin: Option<std::net::TcpListener>,
+    redirect: Option<std::net::TcpListener>,
+}
+
 /// The listening sockets: those handed over (by a supervisor, or systemd's socket
-/// activation), split into the HTTP ones and the admin one by name; otherwise bound here.
-fn listeners(
-    settings: &Settings,
-) -> Result<(Vec<std::net::TcpListener>, Option<std::net::TcpListener>), BoxError> {
+/// activation), split by name into HTTP, `admin` and `redirect`; otherwise bound here.
+fn listeners(settings: &Settings) -> Result<Sockets, BoxError> {
     #[cfg(unix)]
     let inherited = lameduck::listen::inherited_named()?;
     #[cfg(not(unix))]
     let inherited: Vec<(String, std::net::TcpListener)> = Vec::new();
+    let mut sockets = Sockets {
+        http: Vec::new(),
+        admin: None,
+        redirect: None,
+    };
     if inherited.is_empty() {
-        let mut http = Vec::new();
         for addr in &settings.listen {
-            http.push(lameduck::listen::bind(*addr)?);
+            sockets.http.push(lameduck::listen::bind(*addr)?);
         }
-        let admin = settings.admin.map(lameduck::listen::bind).transpose()?;
-        return Ok((http, admin));
+    } else {
+        for (name, listener) in inherited {
+            match name.as_str() {
+                "admin" => sockets.admin = Some(listener),
+                "redirect" => sockets.redirect = Some(listener),
+                _ => sockets.http.push(listener),
+            }
+        }
+        if sockets.http.is_empty() {
+            return Err("the inherited sockets (LISTEN_FDS) hold none to serve HTTP on".into());
+        }
+        tracing::debug!(
+            count = sockets.http.len(),
+            "adopted inherited listening sockets (LISTEN_FDS); --listen is ignored"
+        );
     }
-    let mut http = Vec::new();
-    let mut admin = None;
-    for (name, listener) in inherited {
-        if name == "admin" {
-            admin = Some(listener);
-        } else {
-            http.push(listener);
+    // Configured but not handed over (systemd socket activation without them): bound here.
+    if sockets.admin.is_none() {
+        sockets.admin = settings.admin.map(lameduck::listen::bind).transpose()?;
+    }
+    if sockets.redirect.is_none() {
+        sockets.redirect = settings
+            .redirect_http
+            .map(lameduck::listen::bind)
+            .transpose()?;
+    }
+    Ok(sockets)
+}
+
+/// Loads the TLS certificate and key named in the settings (a one-line error if they do
+/// not load or do not match), and warns when the certificate has expired.
+fn load_tls(settings: &Settings) -> Result<Option<lameduck::tls::CertResolver>, BoxError> {
+    let Some((cert, key)) = &settings.tls else {
+        return Ok(None);
+    };
+    let certified = lameduck::tls::load_pem(cert, key).map_err(|e| e.to_string())?;
+    warn_if_expired(&certified, cert);
+    Ok(Some(lameduck::tls::CertResolver::new(certified)))
+}
+
+fn warn_if_expired(key: &lameduck::tls::rustls::sign::CertifiedKey, path: &std::path::Path) {
+    if let Some(at) = lameduck::tls::not_after(key) {
+        if at < std::time::SystemTime::now() {
+            tracing::warn!(cert = %path.display(), expired = %httpdate::fmt_http_date(at), "the TLS certificate has expired; clients will refuse it");
         }
     }
-    if http.is_empty() {
-        return Err("the inherited sockets (LISTEN_FDS) hold none to serve HTTP on".into());
-    }
-    tracing::debug!(
-        count = http.len(),
-        admin = admin.is_some(),
-        "adopted inherited listening sockets (LISTEN_FDS); --listen is ignored"
-    );
-    // An admin address configured but not handed over (systemd socket activation without
-    // one named "admin"): bind it here.
-    if admin.is_none() {
-        admin = settings.admin.map(lameduck::listen::bind).transpose()?;
-    }
-    Ok((http, admin))
 }
 
 /// Supervises `lameduck serve` itself: binds (or adopts) the sockets and runs this same
 /// command line, from the same executable path, in worker processes.
 #[cfg(unix)]
 fn supervise_serve(settings: &Settings) -> Result<ExitCode, BoxError> {
-    let (http, admin) = listeners(settings)?;
+    let Sockets {
+        http,
+        admin,
+        redirect,
+    } = listeners(settings)?;
     let mut args = std::env::args_os();
     let exe = args.next().ok_or("cannot tell this program's path")?;
     let mut sup = lameduck::supervisor::Supervisor::new(&exe)?
@@ -261,6 +299,9 @@ fn supervise_serve(settings: &Settings) -> Result<ExitCode, BoxError> {
     }
     if let Some(admin) = admin {
         sup = sup.listener("admin", admin);
+    }
+    if let Some(redirect) = redirect {
+        sup = sup.listener("redirect", redirect);
     }
     supervise(sup, settings.pid_file.as_deref())
 }
@@ -324,6 +365,57 @@ fn run(args: config::RunArgs) -> Result<ExitCode, BoxError> {
     }
 }
 
+/// SIGHUP handling for a single process serving HTTPS: the certificate and key are read
+/// again and swapped in; a bad pair is refused with one log line and the old one stays.
+#[cfg(unix)]
+struct CertReloader {
+    handle: signal_hook::iterator::Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(unix)]
+impl CertReloader {
+    fn install(
+        resolver: lameduck::tls::CertResolver,
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    ) -> std::io::Result<CertReloader> {
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+        let handle = signals.handle();
+        let thread = std::thread::Builder::new()
+            .name("lameduck-cert-reload".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    match lameduck::tls::load_pem(&cert, &key) {
+                        Ok(certified) => {
+                            warn_if_expired(&certified, &cert);
+                            resolver.set(certified);
+                            tracing::info!(cert = %cert.display(), "SIGHUP: TLS certificate reloaded");
+                        }
+                        Err(e) => {
+                            tracing::error!("SIGHUP: {e}; the old certificate stays");
+                        }
+                    }
+                }
+            })?;
+        Ok(CertReloader {
+            handle,
+            thread: Some(thread),
+        })
+    }
+}
+
+#[cfg(unix)]
+impl Drop for CertReloader {
+    fn drop(&mut self) {
+        self.handle.close();
+        if let Some(t) = self.thread.take() {
+            // The thread only loops over the closed iterator.
+            let _ = t.join();
+        }
+    }
+}
+
 /// Resolves when this worker has been replaced by a new one (a reload): once shut down, if
 /// the supervisor's status names another worker as serving. Never, when not supervised.
 async fn replaced(shutdown: lameduck::Shutdown, mode: Mode) {
@@ -346,13 +438,18 @@ fn serve_here(
     settings: Settings,
     files: Files,
     metrics: Arc<Metrics>,
+    tls: Option<lameduck::tls::CertResolver>,
     mode: Mode,
 ) -> Result<lameduck::Report, BoxError> {
     let _pid_file = match (mode, settings.pid_file.as_deref()) {
         (Mode::Alone, Some(path)) => Some(PidFile::write(path)?),
         _ => None,
     };
-    let (listeners, admin_listener) = listeners(&settings)?;
+    let Sockets {
+        http: listeners,
+        admin: admin_listener,
+        redirect: redirect_listener,
+    } = listeners(&settings)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -383,14 +480,49 @@ fn serve_here(
     for listener in listeners {
         serve = serve.listener(listener);
     }
+    let tls_stats = match &tls {
+        Some(resolver) => {
+            serve = serve.tls(lameduck::tls::server_config(resolver.clone())?);
+            Some(serve.tls_stats())
+        }
+        None => None,
+    };
     let shutdown = serve.shutdown_handle();
     let view = ServerView {
         shutdown: shutdown.clone(),
         tracker: serve.tracker(),
         admission: serve.admission(),
         metrics,
+        tls: tls_stats,
     };
     let _signals = lameduck::signals::install(&shutdown)?;
+    // Alone, SIGHUP re-reads the certificate in place (a supervisor starts a new worker
+    // instead, which reads it at start).
+    #[cfg(unix)]
+    let _reload = match (&tls, &settings.tls, mode) {
+        (Some(resolver), Some((cert, key)), Mode::Alone) => Some(CertReloader::install(
+            resolver.clone(),
+            cert.clone(),
+            key.clone(),
+        )?),
+        _ => None,
+    };
+    // `--redirect-http`: plain HTTP answering 308 to https://, on the same lifecycle.
+    let redirect = match redirect_listener {
+        Some(listener) => {
+            tracing::info!(addr = %listener.local_addr()?, "redirecting plain HTTP to https://");
+            let https_port = bound.first().map_or(443, |a| a.port());
+            Some(
+                lameduck::http::serve(listener, redirect::RedirectService { https_port })
+                    .with_shutdown(shutdown.clone())
+                    .drain_timeout(settings.drain_timeout)
+                    .lame_duck(settings.lame_duck)
+                    .header_timeout(settings.header_timeout)
+                    .idle_timeout(settings.idle_timeout),
+            )
+        }
+        None => None,
+    };
 
     let what = settings.dir.as_deref().map_or_else(
         || "the built-in page".to_owned(),
@@ -434,7 +566,11 @@ fn serve_here(
                 let _ = lameduck::notify::stopping();
             });
         }
+        let redirect = redirect.map(|r| tokio::spawn(r.into_future()));
         let report = serve.await;
+        if let Some(redirect) = redirect {
+            let _ = redirect.await;
+        }
         drop(stop);
         if let Some(admin) = admin {
             let _ = admin.await;

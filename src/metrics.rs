@@ -59,6 +59,8 @@ pub(crate) struct ServerView {
     pub(crate) tracker: Tracker,
     pub(crate) admission: Admission,
     pub(crate) metrics: std::sync::Arc<Metrics>,
+    /// Handshake counts, when serving HTTPS.
+    pub(crate) tls: Option<lameduck::tls::TlsStats>,
 }
 
 impl ServerView {
@@ -170,6 +172,20 @@ impl ServerView {
                 ("{kind=\"io\"}", load(FileError::Io).to_string()),
             ],
         );
+        if let Some(tls) = &self.tls {
+            metric(
+                "lameduck_tls_handshakes_total",
+                "counter",
+                "TLS handshakes completed.",
+                &[("", tls.handshakes().to_string())],
+            );
+            metric(
+                "lameduck_tls_handshake_failures_total",
+                "counter",
+                "TLS handshakes that failed or timed out (the connection was closed).",
+                &[("", tls.failures().to_string())],
+            );
+        }
         metric(
             "lameduck_drain_seconds",
             "gauge",

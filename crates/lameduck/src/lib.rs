@@ -64,13 +64,13 @@ pub mod notify;
 mod report;
 #[cfg(feature = "tokio")]
 mod server;
-#[cfg(feature = "tls")]
-pub mod tls;
 mod shutdown;
 #[cfg(all(any(unix, windows), feature = "signals"))]
 pub mod signals;
 #[cfg(all(unix, feature = "supervisor"))]
 pub mod supervisor;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod tracker;
 
 pub use admission::{Admission, Permit};

@@ -125,10 +125,7 @@ impl CertResolver {
 
     /// Presents `key` from the next handshake on; connections already open keep theirs.
     pub fn set(&self, key: Arc<CertifiedKey>) {
-        *self
-            .current
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = key;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = key;
     }
 
     /// The certificate presented now.
