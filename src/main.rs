@@ -46,7 +46,7 @@ enum Command {
     /// Serve a directory (or a built-in page) over HTTP/1.1 and HTTP/2, draining gracefully
     /// on SIGINT/SIGTERM (a second signal forces) and reloading with no refused client on
     /// SIGHUP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Supervise any program that takes its listening sockets by systemd's socket
     /// activation (LISTEN_FDS): SIGHUP replaces it with no refused client, SIGTERM is passed
     /// on, a crashed one is restarted.
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Run(args) => run(args),
     };
     match result {

@@ -424,7 +424,7 @@ where
             #[cfg(not(feature = "tls"))]
             Some(never) => match *never {},
             #[cfg(feature = "tls")]
-            Some(tls) => match tls.acceptor.accept(timed).await {
+            Some(tls) => match accept_tls(tls, timed, &conn, shared.keep_alive_grace).await {
                 Ok(stream) => {
                     tls.stats.record(true);
                     Io::Tls(Box::new(stream))
@@ -563,6 +563,29 @@ async fn stalled(stream: &StreamState, timeout: Option<Duration>) {
 struct TlsSetup {
     acceptor: tokio_rustls::TlsAcceptor,
     stats: crate::tls::TlsStats,
+}
+
+/// The TLS handshake, cut if the drain starts before it ends (after the keep-alive grace: a
+/// client in the middle of a handshake is about to send a request, as an idle keep-alive
+/// client may be).
+#[cfg(feature = "tls")]
+async fn accept_tls(
+    tls: &TlsSetup,
+    io: TimedIo,
+    conn: &Connection,
+    grace: Duration,
+) -> io::Result<tokio_rustls::server::TlsStream<TimedIo>> {
+    let draining = conn.draining();
+    tokio::select! {
+        result = tls.acceptor.accept(io) => result,
+        _ = async move {
+            draining.await;
+            tokio::time::sleep(grace).await;
+        } => Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the server is draining: handshake cut",
+        )),
+    }
 }
 
 /// Without the `tls` feature there is never TLS to set up.

@@ -83,6 +83,6 @@ pub use shutdown::{DEFAULT_DRAIN_TIMEOUT, Phase, Shutdown};
 pub use tracker::{ConnectionGuard, Tracker};
 
 /// The README's examples, compiled as doc tests so they stay true.
-#[cfg(all(doctest, feature = "http", feature = "signals"))]
+#[cfg(all(doctest, feature = "http", feature = "signals", feature = "tls"))]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;

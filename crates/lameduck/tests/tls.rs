@@ -379,3 +379,28 @@ async fn the_raw_server_runs_a_tls_acceptor_in_its_handler() {
     shutdown.trigger();
     timeout(WAIT, task).await.unwrap().unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_still_going_when_the_drain_starts_is_cut_after_the_grace() {
+    let pki = Pki::new();
+    let server = start(&pki, |s| {
+        s.header_timeout(Duration::from_secs(60))
+            .keep_alive_grace(Duration::from_millis(200))
+    });
+    let _silent = TcpStream::connect(server.addr).await.unwrap();
+    let end = std::time::Instant::now() + WAIT;
+    while server.tracker.active() == 0 {
+        assert!(std::time::Instant::now() < end);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let triggered = std::time::Instant::now();
+    server.shutdown.trigger();
+    let report = timeout(WAIT, server.task).await.unwrap().unwrap().unwrap();
+    assert!(
+        triggered.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        triggered.elapsed()
+    );
+    assert_eq!((report.completed, report.forced), (1, 0));
+    assert_eq!(server.stats.failures(), 1);
+}
