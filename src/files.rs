@@ -21,6 +21,7 @@ use http_body::{Frame, SizeHint};
 use percent_encoding::percent_decode_str;
 use std::io::{Read as _, Seek as _};
 
+use crate::cache::{Entry, FileCache, Variant};
 use crate::metrics::{FileError, Metrics};
 
 /// The page served when no directory is given.
@@ -41,6 +42,8 @@ pub(crate) struct Files {
     list_dirs: bool,
     dotfiles: bool,
     metrics: Arc<Metrics>,
+    /// Small files in memory; `None` with `--cache-size 0`.
+    pub(crate) cache: Option<FileCache>,
 }
 
 impl Files {
@@ -50,6 +53,7 @@ impl Files {
         list_dirs: bool,
         dotfiles: bool,
         metrics: Arc<Metrics>,
+        cache_size: usize,
     ) -> io::Result<Files> {
         let root = match dir {
             Some(dir) => {
@@ -69,6 +73,7 @@ impl Files {
             list_dirs,
             dotfiles,
             metrics,
+            cache: FileCache::new(cache_size),
         })
     }
 
@@ -135,6 +140,9 @@ impl Files {
             return not_found();
         };
         let uri_path = req.uri.path();
+        if let Some(entry) = self.cache.as_ref().and_then(|c| c.get(uri_path)) {
+            return respond_cached(&entry, &req.headers);
+        }
         let relative = match self.relative_path(uri_path) {
             Ok(p) => p,
             Err(status) => return text(status, status.canonical_reason().unwrap_or("refused")),
@@ -300,6 +308,21 @@ impl Files {
     ) -> Response<Body> {
         let headers = &req.headers;
         let content_type = content_type(path);
+        if let Some(cache) = &self.cache {
+            if meta.len() <= crate::cache::MAX_FILE {
+                return match self.cache_entry(root, path, &meta, content_type) {
+                    Ok(entry) => {
+                        let entry = Arc::new(entry);
+                        cache.insert(req.uri.path(), Arc::clone(&entry));
+                        respond_cached(&entry, headers)
+                    }
+                    Err(resp) => {
+                        cache.remove(req.uri.path());
+                        resp
+                    }
+                };
+            }
+        }
         // A precompressed sibling, in the client's order of preference, if it exists inside
         // the root.
         let mut chosen = (path.to_path_buf(), meta, None);
@@ -321,51 +344,17 @@ impl Files {
         let modified = meta.modified().ok();
         let etag = etag(len, modified, encoding);
         let last_modified = modified.map(httpdate::fmt_http_date);
-
-        let mut base = HeaderMap::new();
-        base.insert(
-            header::ETAG,
-            HeaderValue::from_str(&etag).expect("an etag is ASCII"),
-        );
-        if let Some(lm) = &last_modified {
-            base.insert(
-                header::LAST_MODIFIED,
-                HeaderValue::from_str(lm).expect("an HTTP date is ASCII"),
-            );
-        }
-        base.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        base.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-
-        match preconditions(headers, &etag, modified, SystemTime::now()) {
-            Precondition::Proceed => {}
-            Precondition::NotModified => {
-                let mut resp = Response::new(Body::Empty);
-                *resp.status_mut() = StatusCode::NOT_MODIFIED;
-                *resp.headers_mut() = base;
-                return resp;
-            }
-            Precondition::Failed => {
-                let mut resp = text(StatusCode::PRECONDITION_FAILED, "precondition failed\n");
-                resp.headers_mut().extend(base);
-                return resp;
-            }
-        }
-
-        let range = match range_wanted(headers, &etag, last_modified.as_deref()) {
-            None => None,
-            Some(spec) => match parse_range(spec, len) {
-                RangeSpec::Whole => None,
-                RangeSpec::Part(start, end) => Some((start, end)),
-                RangeSpec::Unsatisfiable => {
-                    let mut resp =
-                        text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
-                    resp.headers_mut().insert(
-                        header::CONTENT_RANGE,
-                        HeaderValue::from_str(&format!("bytes */{len}")).expect("ASCII"),
-                    );
-                    return resp;
-                }
-            },
+        let base = base_headers(&etag, last_modified.as_deref());
+        let range = match conditional_range(
+            headers,
+            &etag,
+            modified,
+            last_modified.as_deref(),
+            len,
+            &base,
+        ) {
+            Ok(range) => range,
+            Err(resp) => return resp,
         };
         let (start, end) = range.unwrap_or((0, len.saturating_sub(1)));
         let count = if len == 0 { 0 } else { end - start + 1 };
@@ -423,22 +412,55 @@ impl Files {
                 chunk: CHUNK,
             })
         };
-        let mut resp = Response::new(body);
-        *resp.headers_mut() = base;
-        let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, content_type);
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-        if let Some(encoding) = encoding {
-            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
+        file_response(body, base, content_type, encoding, range, len)
+    }
+
+    /// Reads `path` (and its precompressed siblings) into a cache entry; on failure, the
+    /// response that says why.
+    fn cache_entry(
+        &self,
+        root: &Path,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        content_type: HeaderValue,
+    ) -> Result<Entry, Response<Body>> {
+        let mut variants = vec![self.read_variant(path, meta, None)?];
+        for (encoding, ext) in [("br", "br"), ("gzip", "gz")] {
+            let mut sibling = path.as_os_str().to_owned();
+            sibling.push(".");
+            sibling.push(ext);
+            match self.inside(root, Path::new(&sibling)) {
+                Ok(Some((sibling, m))) if m.is_file() && m.len() <= crate::cache::MAX_FILE => {
+                    variants.push(self.read_variant(&sibling, &m, Some(encoding))?);
+                }
+                Ok(_) => {}
+                Err(e) => return Err(self.failure(&e, path)),
+            }
         }
-        if range.is_some() {
-            h.insert(
-                header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")).expect("ASCII"),
-            );
-            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-        }
-        resp
+        Ok(Entry::new(content_type, variants))
+    }
+
+    fn read_variant(
+        &self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        encoding: Option<&'static str>,
+    ) -> Result<Variant, Response<Body>> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => return Err(self.failure(&e, path)),
+        };
+        // The metadata read before the bytes, and the bytes: if the file changed in between,
+        // the length tells (most of the time); the next revalidation catches the rest.
+        let modified = meta.modified().ok();
+        let len = bytes.len() as u64;
+        Ok(Variant {
+            encoding,
+            etag: etag(len, modified, encoding),
+            last_modified: modified.map(httpdate::fmt_http_date),
+            modified,
+            bytes: Bytes::from(bytes),
+        })
     }
 
     fn listing(&self, dir: &Path, uri_path: &str) -> Response<Body> {
@@ -482,6 +504,128 @@ impl Files {
             .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         resp
     }
+}
+
+/// The headers every file response carries.
+fn base_headers(etag: &str, last_modified: Option<&str>) -> HeaderMap {
+    let mut base = HeaderMap::with_capacity(8);
+    base.insert(
+        header::ETAG,
+        HeaderValue::from_str(etag).expect("an etag is ASCII"),
+    );
+    if let Some(lm) = last_modified {
+        base.insert(
+            header::LAST_MODIFIED,
+            HeaderValue::from_str(lm).expect("an HTTP date is ASCII"),
+        );
+    }
+    base.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    base.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    base
+}
+
+/// The conditional headers and `Range`: either the range to send (`None`: all of it), or the
+/// answer that ends the request here (304, 412, 416).
+fn conditional_range(
+    headers: &HeaderMap,
+    etag: &str,
+    modified: Option<SystemTime>,
+    last_modified: Option<&str>,
+    len: u64,
+    base: &HeaderMap,
+) -> Result<Option<(u64, u64)>, Response<Body>> {
+    match preconditions(headers, etag, modified, SystemTime::now()) {
+        Precondition::Proceed => {}
+        Precondition::NotModified => {
+            let mut resp = Response::new(Body::Empty);
+            *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            *resp.headers_mut() = base.clone();
+            return Err(resp);
+        }
+        Precondition::Failed => {
+            let mut resp = text(StatusCode::PRECONDITION_FAILED, "precondition failed\n");
+            resp.headers_mut().extend(base.clone());
+            return Err(resp);
+        }
+    }
+    match range_wanted(headers, etag, last_modified) {
+        None => Ok(None),
+        Some(spec) => match parse_range(spec, len) {
+            RangeSpec::Whole => Ok(None),
+            RangeSpec::Part(start, end) => Ok(Some((start, end))),
+            RangeSpec::Unsatisfiable => {
+                let mut resp = text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+                resp.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{len}")).expect("ASCII"),
+                );
+                Err(resp)
+            }
+        },
+    }
+}
+
+/// A 200 or 206 with `body` and the file's headers.
+fn file_response(
+    body: Body,
+    base: HeaderMap,
+    content_type: HeaderValue,
+    encoding: Option<&'static str>,
+    range: Option<(u64, u64)>,
+    len: u64,
+) -> Response<Body> {
+    let count = http_body::Body::size_hint(&body).exact().unwrap_or(0);
+    let mut resp = Response::new(body);
+    *resp.headers_mut() = base;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, content_type);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    if let Some(encoding) = encoding {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
+    }
+    if let Some((start, end)) = range {
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")).expect("ASCII"),
+        );
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    resp
+}
+
+/// Answers from a cache entry: the client's preferred representation, then the same
+/// conditional and range handling as from the disk.
+fn respond_cached(entry: &Entry, headers: &HeaderMap) -> Response<Body> {
+    let variant = preferred_encodings(headers)
+        .into_iter()
+        .find_map(|(encoding, _)| entry.variant(Some(encoding)))
+        .or_else(|| entry.variant(None))
+        .expect("an entry holds the file itself");
+    let len = variant.bytes.len() as u64;
+    let base = base_headers(&variant.etag, variant.last_modified.as_deref());
+    let range = match conditional_range(
+        headers,
+        &variant.etag,
+        variant.modified,
+        variant.last_modified.as_deref(),
+        len,
+        &base,
+    ) {
+        Ok(range) => range,
+        Err(resp) => return resp,
+    };
+    let bytes = match range {
+        Some((start, end)) => variant.bytes.slice(start as usize..=end as usize),
+        None => variant.bytes.clone(),
+    };
+    file_response(
+        Body::Full(bytes),
+        base,
+        entry.content_type.clone(),
+        variant.encoding,
+        range,
+        len,
+    )
 }
 
 /// Characters escaped in a listing's links (a trailing `/` on directories is kept).
@@ -985,6 +1129,7 @@ mod tests {
             list_dirs: false,
             dotfiles: false,
             metrics: Arc::new(Metrics::new()),
+            cache: None,
         };
         for bad in [
             "/../x",

@@ -11,6 +11,7 @@
 //! subcommand is given (the help is printed).
 
 mod admin;
+mod cache;
 mod config;
 mod files;
 mod metrics;
@@ -186,6 +187,7 @@ fn open_files(settings: &Settings, metrics: &Arc<Metrics>) -> Result<Files, Stri
         settings.list_dirs,
         settings.dotfiles,
         Arc::clone(metrics),
+        settings.cache_size,
     )
     .map_err(|e| {
         let dir = settings
@@ -454,8 +456,9 @@ fn serve_here(
         .enable_all()
         .build()?;
 
+    let files = Arc::new(files);
     let service = StaticService {
-        files: Arc::new(files),
+        files: Arc::clone(&files),
         metrics: Arc::clone(&metrics),
     };
     let bound: Vec<std::net::SocketAddr> = listeners
@@ -494,6 +497,7 @@ fn serve_here(
         admission: serve.admission(),
         metrics,
         tls: tls_stats,
+        files: Arc::clone(&files),
     };
     let _signals = lameduck::signals::install(&shutdown)?;
     // Alone, SIGHUP re-reads the certificate in place (a supervisor starts a new worker

@@ -61,6 +61,8 @@ pub(crate) struct ServerView {
     pub(crate) metrics: std::sync::Arc<Metrics>,
     /// Handshake counts, when serving HTTPS.
     pub(crate) tls: Option<lameduck::tls::TlsStats>,
+    /// The files served, for the cache's figures.
+    pub(crate) files: std::sync::Arc<crate::files::Files>,
 }
 
 impl ServerView {
@@ -172,6 +174,38 @@ impl ServerView {
                 ("{kind=\"io\"}", load(FileError::Io).to_string()),
             ],
         );
+        if let Some(cache) = &self.files.cache {
+            metric(
+                "lameduck_cache_hits_total",
+                "counter",
+                "Requests answered from the small-file cache.",
+                &[("", cache.hits().to_string())],
+            );
+            metric(
+                "lameduck_cache_misses_total",
+                "counter",
+                "Requests that looked in the small-file cache and went to the disk.",
+                &[("", cache.misses().to_string())],
+            );
+            metric(
+                "lameduck_cache_bytes",
+                "gauge",
+                "Memory held by the small-file cache.",
+                &[("", cache.used().to_string())],
+            );
+            metric(
+                "lameduck_cache_capacity_bytes",
+                "gauge",
+                "The small-file cache's limit (--cache-size).",
+                &[("", cache.capacity().to_string())],
+            );
+            metric(
+                "lameduck_cache_entries",
+                "gauge",
+                "Files in the small-file cache.",
+                &[("", cache.entries().to_string())],
+            );
+        }
         if let Some(tls) = &self.tls {
             metric(
                 "lameduck_tls_handshakes_total",

@@ -1,0 +1,212 @@
+//! The small-file cache of `lameduck serve`: a hot file is answered from memory with headers
+//! prepared once, no system call at all, and revalidated (the whole path walked again, every
+//! component checked, the bytes read again) at most [`VALIDITY`] after it was last checked.
+//! So a change on disk (a file rewritten, replaced by rename, deleted, a directory swapped for
+//! a symbolic link that leads out of the root) is served within [`VALIDITY`], never later.
+//! Memory is bounded by `--cache-size`; `0` turns the cache off.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+
+/// How long a cached file is served without looking at the disk: the freshness bound.
+pub(crate) const VALIDITY: Duration = Duration::from_millis(200);
+/// Largest file kept in the cache.
+pub(crate) const MAX_FILE: u64 = 256 * 1024;
+/// Bookkeeping counted per entry on top of its bytes.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// One representation of a cached file: the file itself, or a precompressed sibling.
+#[derive(Debug)]
+pub(crate) struct Variant {
+    /// `None` for the file itself, `Some("br")` / `Some("gzip")` for a sibling.
+    pub(crate) encoding: Option<&'static str>,
+    pub(crate) bytes: Bytes,
+    pub(crate) etag: String,
+    pub(crate) modified: Option<SystemTime>,
+    pub(crate) last_modified: Option<String>,
+}
+
+/// A cached URL: its representations and their content type.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) content_type: HeaderValue,
+    pub(crate) variants: Vec<Variant>,
+    checked: Instant,
+    size: usize,
+}
+
+impl Entry {
+    pub(crate) fn new(content_type: HeaderValue, variants: Vec<Variant>) -> Entry {
+        let size = variants
+            .iter()
+            .map(|v| v.bytes.len() + v.etag.len() + 64)
+            .sum::<usize>()
+            + ENTRY_OVERHEAD;
+        Entry {
+            content_type,
+            variants,
+            checked: Instant::now(),
+            size,
+        }
+    }
+
+    /// The representation for `encoding` (`None`: the file itself).
+    pub(crate) fn variant(&self, encoding: Option<&str>) -> Option<&Variant> {
+        self.variants.iter().find(|v| v.encoding == encoding)
+    }
+}
+
+/// The cache: URL path → entry, bounded in bytes.
+#[derive(Debug)]
+pub(crate) struct FileCache {
+    map: RwLock<HashMap<String, Arc<Entry>>>,
+    capacity: usize,
+    used: AtomicUsize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl FileCache {
+    /// A cache of at most `capacity` bytes; `None` when `capacity` is 0 (no cache).
+    pub(crate) fn new(capacity: usize) -> Option<FileCache> {
+        (capacity > 0).then(|| FileCache {
+            map: RwLock::new(HashMap::new()),
+            capacity,
+            used: AtomicUsize::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        })
+    }
+
+    /// The entry for `key` if it was checked less than [`VALIDITY`] ago. A miss (absent or
+    /// stale) is counted; the caller then goes to the disk and [`insert`](Self::insert)s.
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        let found = self
+            .map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .filter(|e| e.checked.elapsed() < VALIDITY)
+            .cloned();
+        // Relaxed: statistics.
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Keeps `entry` for `key`, evicting the least recently checked entries to stay within
+    /// the capacity. An entry larger than the whole cache is not kept.
+    pub(crate) fn insert(&self, key: &str, entry: Arc<Entry>) {
+        let size = entry.size + key.len();
+        if size > self.capacity {
+            self.remove(key);
+            return;
+        }
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = map.insert(key.to_owned(), entry) {
+            self.used.fetch_sub(old.size + key.len(), Ordering::Relaxed);
+        }
+        self.used.fetch_add(size, Ordering::Relaxed);
+        while self.used.load(Ordering::Relaxed) > self.capacity {
+            let Some(oldest) = map
+                .iter()
+                .filter(|(k, _)| k.as_str() != key)
+                .min_by_key(|(_, e)| e.checked)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(old) = map.remove(&oldest) {
+                self.used
+                    .fetch_sub(old.size + oldest.len(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Forgets `key` (it is no longer a file that can be cached).
+    pub(crate) fn remove(&self, key: &str) {
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = map.remove(key) {
+            self.used.fetch_sub(old.size + key.len(), Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(crate) fn entries(&self) -> usize {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: usize) -> Arc<Entry> {
+        Arc::new(Entry::new(
+            HeaderValue::from_static("text/plain"),
+            vec![Variant {
+                encoding: None,
+                bytes: Bytes::from(vec![0u8; n]),
+                etag: "\"x\"".into(),
+                modified: None,
+                last_modified: None,
+            }],
+        ))
+    }
+
+    #[test]
+    fn stays_within_its_capacity_and_evicts_the_oldest() {
+        let cache = FileCache::new(3_000).unwrap();
+        cache.insert("/a", entry(1_000));
+        std::thread::sleep(Duration::from_millis(2));
+        cache.insert("/b", entry(1_000));
+        std::thread::sleep(Duration::from_millis(2));
+        cache.insert("/c", entry(1_000));
+        assert!(cache.used() <= 3_000);
+        assert!(cache.get("/a").is_none(), "the oldest is evicted");
+        assert!(cache.get("/b").is_some() && cache.get("/c").is_some());
+        // Too large for the whole cache: not kept.
+        cache.insert("/huge", entry(10_000));
+        assert!(cache.get("/huge").is_none());
+        cache.remove("/b");
+        assert_eq!(cache.entries(), 1);
+        assert!(FileCache::new(0).is_none());
+    }
+
+    #[test]
+    fn an_entry_goes_stale_after_the_validity() {
+        let cache = FileCache::new(100_000).unwrap();
+        cache.insert("/a", entry(10));
+        assert!(cache.get("/a").is_some());
+        std::thread::sleep(VALIDITY + Duration::from_millis(20));
+        assert!(cache.get("/a").is_none());
+        assert_eq!((cache.hits(), cache.misses()), (1, 1));
+    }
+}

@@ -1,0 +1,109 @@
+//! The small-file cache of `lameduck serve` stays right when the disk changes: a file
+//! rewritten, replaced by rename, deleted, a directory swapped for a symbolic link leading out
+//! of the root. The promise: a change is served within 200 ms. Checked by changing files in a
+//! loop while requesting them, with the real binary.
+#![cfg(unix)]
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use util::{Lameduck, TempDir, get};
+
+/// The freshness bound the server promises, plus room for a slow machine to answer.
+const FRESH: Duration = Duration::from_millis(200 + 100);
+
+fn metric(server: &Lameduck, name: &str) -> u64 {
+    let text = server.admin_get("/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing: {text}"))
+}
+
+#[test]
+fn changes_on_disk_are_served_within_the_freshness_bound() {
+    let site = TempDir::new("cache-fresh");
+    let outside = TempDir::new("cache-outside");
+    outside.write("secret.txt", b"outside the root\n");
+    site.write("page.txt", b"version 0\n");
+    site.write("dir/inner.txt", b"inner 0\n");
+    let server = Lameduck::serve(&[site.arg()], true);
+    let addr = server.addr;
+    // Hot: many requests, answered from memory.
+    for _ in 0..50 {
+        assert_eq!(get(addr, "/page.txt", &[]).text(), "version 0\n");
+    }
+    assert!(metric(&server, "lameduck_cache_hits_total") >= 40);
+    let mut worst = Duration::ZERO;
+    for i in 1..=10 {
+        // Rewritten in place (the same length, so only the bytes and the time change).
+        let body = format!("version {i}\n");
+        std::fs::write(site.path().join("page.txt"), &body).unwrap();
+        let changed = Instant::now();
+        // Requests keep the entry hot meanwhile; once the bound has passed, the new bytes.
+        while changed.elapsed() < FRESH {
+            let _ = get(addr, "/page.txt", &[]);
+        }
+        assert_eq!(get(addr, "/page.txt", &[]).text(), body, "rewrite {i}");
+        // Replaced by rename.
+        let body = format!("renamed {i}\n");
+        let tmp = site.path().join("page.tmp");
+        std::fs::write(&tmp, &body).unwrap();
+        std::fs::rename(&tmp, site.path().join("page.txt")).unwrap();
+        let changed = Instant::now();
+        let mut seen = None;
+        while changed.elapsed() < FRESH * 2 {
+            if get(addr, "/page.txt", &[]).text() == body {
+                seen.get_or_insert(changed.elapsed());
+            }
+        }
+        let took = seen.unwrap_or_else(|| panic!("rename {i} never served"));
+        worst = worst.max(took);
+        assert!(took <= FRESH, "rename {i} served after {took:?}");
+    }
+    // Deleted: 404 within the bound.
+    assert_eq!(get(addr, "/dir/inner.txt", &[]).status, 200);
+    std::fs::remove_file(site.path().join("page.txt")).unwrap();
+    std::thread::sleep(FRESH);
+    assert_eq!(get(addr, "/page.txt", &[]).status, 404);
+    // A directory swapped for a symbolic link that leads out of the root: never the outside
+    // file, and the old inner file is gone within the bound.
+    std::fs::write(outside.path().join("inner.txt"), b"outside the root\n").unwrap();
+    std::fs::rename(site.path().join("dir"), site.path().join("dir.old")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), site.path().join("dir")).unwrap();
+    std::thread::sleep(FRESH);
+    for _ in 0..20 {
+        let resp = get(addr, "/dir/inner.txt", &[]);
+        assert_eq!(resp.status, 404);
+        assert!(!resp.text().contains("outside"));
+    }
+    println!("worst time to serve a renamed file: {worst:?} (bound {FRESH:?})");
+}
+
+#[test]
+fn cache_size_0_turns_it_off_and_the_cache_is_bounded() {
+    let site = TempDir::new("cache-size");
+    for i in 0..20 {
+        site.write(&format!("f{i}.bin"), &vec![b'x'; 100 * 1024]);
+    }
+    // 1 MiB holds about 9 of the twenty 100 KiB files.
+    let server = Lameduck::serve(&[site.arg(), "--cache-size", "1MiB"], true);
+    for _ in 0..3 {
+        for i in 0..20 {
+            assert_eq!(
+                get(server.addr, &format!("/f{i}.bin"), &[]).body.len(),
+                100 * 1024
+            );
+        }
+    }
+    let used = metric(&server, "lameduck_cache_bytes");
+    assert!(used <= 1 << 20, "the cache holds {used} bytes");
+    assert!(metric(&server, "lameduck_cache_entries") >= 5);
+    assert_eq!(metric(&server, "lameduck_cache_capacity_bytes"), 1 << 20);
+
+    let off = Lameduck::serve(&[site.arg(), "--cache-size", "0"], true);
+    assert_eq!(get(off.addr, "/f1.bin", &[]).status, 200);
+    let text = off.admin_get("/metrics").text();
+    assert!(!text.contains("lameduck_cache_hits_total"), "{text}");
+}
