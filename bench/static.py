@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""`lameduck serve` against the static servers people pick instead, in one interleaved run:
+nginx, caddy (`caddy file-server`) and static-web-server (when installed).
+
+Measures, as medians over interleaved rounds, with ratios against lameduck:
+- small files (90 B, 4 KiB, 64 KiB): `wrk -t2 -c50` requests/s and p99, keep-alive and with
+  `Connection: close`;
+- HTTP/2 cleartext (prior knowledge) on the 90 B file: `h2load -c 20 -m 10`;
+- a large file (200 MB by default): curl downloads, MB/s;
+- memory per idle keep-alive connection (after one request), with raw hyper as the Rust
+  floor (`http_hello hyper`).
+
+Writes the tables to bench/RESULTS.md (with the date, the machine and this command) unless
+--no-write. Usage:
+
+    bench/static.py [--rounds 3] [--duration 4] [--large-mb 200] [--idle 5000] [--quick]
+
+Needs target/release/{lameduck,http_hello}; wrk, h2load (nghttp2-client), curl, nginx, caddy;
+static-web-server on PATH or in /tmp/sws/bin (`cargo install static-web-server --root
+/tmp/sws`, never a dependency of the workspace).
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import free_port, stop, wait_listening  # noqa: E402
+from idle_conns import rss_kib  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAMEDUCK = os.path.join(ROOT, "target/release/lameduck")
+HELLO = os.path.join(ROOT, "target/release/http_hello")
+
+
+def sws_binary():
+    return shutil.which("static-web-server") or (
+        "/tmp/sws/bin/static-web-server" if os.path.exists("/tmp/sws/bin/static-web-server") else None)
+
+
+class Server:
+    """A running server: `port` for HTTP/1.1, `h2_port` for h2c prior knowledge (or None)."""
+
+    def __init__(self, name, proc, port, h2_port):
+        self.name, self.proc, self.port, self.h2_port = name, proc, port, h2_port
+
+
+def start_lameduck(www, _d):
+    port = free_port()
+    p = subprocess.Popen([LAMEDUCK, "serve", www, "--no-supervisor", "--listen",
+                          f"127.0.0.1:{port}", "--log-level", "warn"], start_new_session=True)
+    wait_listening(port, p)
+    return Server("lameduck serve", p, port, port)
+
+
+def start_nginx(www, d):
+    port, h2 = free_port(), free_port()
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""worker_processes 2;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_timeout 60s;
+  keepalive_requests 1000000;
+  http2_max_requests 1000000;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+  uwsgi_temp_path {d}; scgi_temp_path {d};
+  types {{ text/html html; application/octet-stream bin; }}
+  server {{ listen 127.0.0.1:{port}; root {www}; }}
+  server {{ listen 127.0.0.1:{h2} http2; root {www}; }}
+}}
+""")
+    p = subprocess.Popen(["nginx", "-e", f"{d}/error.log", "-c", conf, "-g", "daemon off;"],
+                         start_new_session=True)
+    wait_listening(port, p)
+    return Server("nginx", p, port, h2)
+
+
+def start_caddy(www, d):
+    port, admin = free_port(), free_port()
+    conf = os.path.join(d, "Caddyfile")
+    with open(conf, "w") as f:
+        f.write(f"""{{
+  admin 127.0.0.1:{admin}
+  auto_https off
+  servers {{
+    protocols h1 h2c
+  }}
+}}
+http://127.0.0.1:{port} {{
+  root * {www}
+  file_server
+}}
+""")
+    env = dict(os.environ, XDG_DATA_HOME=d, XDG_CONFIG_HOME=d, HOME=d)
+    p = subprocess.Popen(["caddy", "run", "--config", conf, "--adapter", "caddyfile"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                         start_new_session=True)
+    wait_listening(port, p)
+    return Server("caddy", p, port, port)
+
+
+def start_sws(www, _d):
+    port = free_port()
+    p = subprocess.Popen([sws_binary(), "--host", "127.0.0.1", "--port", str(port), "--root", www,
+                          "--log-level", "error", "--threads-multiplier", "1"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    wait_listening(port, p)
+    return Server("static-web-server", p, port, None)
+
+
+def to_ms(value, unit):
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url, duration, close):
+    cmd = ["wrk", "-t2", "-c50", f"-d{duration}s", "--latency"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    return rps, to_ms(*m.groups()) if m else float("nan")
+
+
+def h2load(url, requests):
+    out = subprocess.run(["h2load", "-c", "20", "-m", "10", "-n", str(requests), url],
+                         capture_output=True, text=True).stdout
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    ok = re.search(r"(\d+) succeeded", out)
+    if not m or not ok or int(ok.group(1)) < requests * 0.99:
+        return float("nan")
+    return float(m.group(1))
+
+
+def download(url):
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download}", url],
+                         capture_output=True, text=True, check=True).stdout
+    return float(out) / 1e6
+
+
+def idle_per_conn(port, n, pid):
+    time.sleep(0.5)
+    before = rss_kib(pid)
+    socks = []
+    req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(req)
+        socks.append(s)
+    for s in socks:
+        s.recv(65536)
+    time.sleep(1.0)
+    after = rss_kib(pid)
+    for s in socks:
+        s.close()
+    return (after - before) * 1024 / n
+
+
+def ratio(value, base):
+    return f"{value / base:.2f}" if base and value == value else "n/a"
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=4)
+    ap.add_argument("--large-mb", type=int, default=200)
+    ap.add_argument("--idle", type=int, default=5000)
+    ap.add_argument("--quick", action="store_true", help="one short round of everything, for CI")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.large_mb, args.idle = 1, 1, 20, 200
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    d = tempfile.mkdtemp(prefix="lameduck-static-")
+    os.chmod(d, 0o755)
+    www = os.path.join(d, "www")
+    os.makedirs(www)
+    files = {
+        "90 B": ("/index.html", b"<!DOCTYPE html><html><body><h1>Hello</h1><p>A small static file.</p></body></html>\n"),
+        "4 KiB": ("/4k.bin", os.urandom(4096)),
+        "64 KiB": ("/64k.bin", os.urandom(65536)),
+    }
+    for path, data in files.values():
+        with open(os.path.join(www, path.lstrip("/")), "wb") as f:
+            f.write(data)
+    with open(os.path.join(www, "large.bin"), "wb") as f:
+        chunk = os.urandom(1 << 20)
+        for _ in range(args.large_mb):
+            f.write(chunk)
+    for root, dirs, names in os.walk(d):
+        for n in dirs:
+            os.chmod(os.path.join(root, n), 0o755)
+        for n in names:
+            os.chmod(os.path.join(root, n), 0o644)
+
+    starters = [start_lameduck]
+    skipped = []
+    for tool, starter in (("nginx", start_nginx), ("caddy", start_caddy)):
+        (starters.append(starter) if shutil.which(tool) else skipped.append(tool))
+    (starters.append(start_sws) if sws_binary() else skipped.append("static-web-server"))
+    servers = []
+    try:
+        for starter in starters:
+            sub = tempfile.mkdtemp(dir=d)
+            os.chmod(sub, 0o755)
+            servers.append(starter(www, sub))
+        rps = {}
+        p99 = {}
+        h2 = {}
+        large = {}
+        for _ in range(args.rounds):
+            for size, (path, _) in files.items():
+                for close in (False, True):
+                    for s in servers:
+                        r, p = wrk(f"http://127.0.0.1:{s.port}{path}", args.duration, close)
+                        rps.setdefault((size, close, s.name), []).append(r)
+                        p99.setdefault((size, close, s.name), []).append(p)
+            for s in servers:
+                if s.h2_port:
+                    h2.setdefault(s.name, []).append(
+                        h2load(f"http://127.0.0.1:{s.h2_port}/index.html",
+                               20000 if args.quick else 400000))
+            for s in servers:
+                large.setdefault(s.name, []).append(download(f"http://127.0.0.1:{s.port}/large.bin"))
+        # Idle memory: lameduck, raw hyper, nginx.
+        idle = {}
+        idle["lameduck serve"] = idle_per_conn(servers[0].port, args.idle, servers[0].proc.pid)
+        hport = free_port()
+        hyper = subprocess.Popen([HELLO, "hyper", f"127.0.0.1:{hport}"], start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_listening(hport, hyper)
+            idle["raw hyper"] = idle_per_conn(hport, args.idle, hyper.pid)
+        finally:
+            stop(hyper)
+        for s in servers[1:]:
+            if s.name == "nginx":
+                idle["nginx"] = idle_per_conn(s.port, args.idle, s.proc.pid)
+    finally:
+        for s in servers:
+            stop(s.proc)
+        shutil.rmtree(d, ignore_errors=True)
+
+    med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
+    names = [s.name for s in servers]
+    out = []
+    out.append(f"### Static files: `lameduck serve` against {', '.join(names[1:]) or 'no peer'}\n")
+    out.append(f"{args.rounds} interleaved rounds, medians; ratios are the peer's figure over "
+               "lameduck's (below 1.00: lameduck is ahead).\n")
+    for close in (False, True):
+        mode = "`Connection: close`" if close else "keep-alive"
+        out.append(f"\n`wrk -t2 -c50 -d{args.duration}s`, {mode}: requests/s (ratio), p99\n")
+        out.append("| file | " + " | ".join(names) + " |")
+        out.append("|---|" + "---|" * len(names))
+        for size in files:
+            base = med(rps[(size, close, names[0])])
+            cells = []
+            for n in names:
+                r, p = med(rps[(size, close, n)]), med(p99[(size, close, n)])
+                cells.append(f"{r:,.0f} ({ratio(r, base)}), {p:.2f} ms")
+            out.append(f"| {size} | " + " | ".join(cells) + " |")
+    out.append("\nHTTP/2 cleartext, `h2load -c 20 -m 10`, 90 B file: requests/s (ratio)\n")
+    out.append("| " + " | ".join(names) + " |")
+    out.append("|" + "---|" * len(names))
+    base = med(h2.get(names[0], []))
+    out.append("| " + " | ".join(
+        (f"{med(h2[n]):,.0f} ({ratio(med(h2[n]), base)})" if n in h2 else "n/a (no h2c)")
+        for n in names) + " |")
+    out.append(f"\n{args.large_mb} MB file, curl: MB/s (ratio)\n")
+    out.append("| " + " | ".join(names) + " |")
+    out.append("|" + "---|" * len(names))
+    base = med(large[names[0]])
+    out.append("| " + " | ".join(f"{med(large[n]):,.0f} ({ratio(med(large[n]), base)})"
+                                  for n in names) + " |")
+    out.append(f"\nMemory per idle keep-alive connection ({args.idle} connections, after one "
+               "request each): bytes\n")
+    out.append("| " + " | ".join(idle) + " |")
+    out.append("|" + "---|" * len(idle))
+    out.append("| " + " | ".join(f"{v:,.0f}" for v in idle.values()) + " |")
+    if skipped:
+        out.append(f"\n(not installed, skipped: {', '.join(skipped)})")
+    table = "\n".join(out)
+    print(table)
+    if not args.no_write and not args.quick:
+        cmd = "bench/static.py " + " ".join(sys.argv[1:])
+        header = (f"# lameduck benchmark results\n\nWritten by `{cmd.strip()}` on "
+                  f"{datetime.date.today().isoformat()}, on {machine()}. The machine is shared "
+                  "and noisy: read the ratios, measured in the same run, rather than the "
+                  "absolute figures.\n\n")
+        with open(os.path.join(ROOT, "bench/RESULTS.md"), "w") as f:
+            f.write(header + table + "\n")
+        print("\nwritten to bench/RESULTS.md")
+
+
+if __name__ == "__main__":
+    main()
