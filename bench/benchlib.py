@@ -39,3 +39,37 @@ def stop(proc, timeout=40):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def nginx_conf(d, servers, types="text/html html; application/octet-stream bin;"):
+    """An nginx.conf in directory `d` close to lameduck serve's defaults (two workers,
+    keep-alive, sendfile, no access log), with `servers` (the `server { ... }` blocks);
+    returns its path."""
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""worker_processes 2;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_timeout 60s;
+  keepalive_requests 1000000;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+  uwsgi_temp_path {d}; scgi_temp_path {d};
+  types {{ {types} }}
+  {servers}
+}}
+""")
+    return conf
+
+
+def start_nginx(d, servers, port):
+    """Runs nginx in the foreground with `nginx_conf(d, servers)`; waits for `port`."""
+    conf = nginx_conf(d, servers)
+    proc = subprocess.Popen(["nginx", "-e", f"{d}/error.log", "-c", conf, "-g", "daemon off;"],
+                            start_new_session=True)
+    wait_listening(port, proc)
+    return proc, conf

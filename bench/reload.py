@@ -25,6 +25,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
 from benchlib import free_port, stop, wait_listening  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,27 +84,8 @@ class Nginx:
     def __init__(self, www, tmp):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(dir=tmp)
-        conf = os.path.join(self.dir, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(f"""worker_processes 2;
-pid {self.dir}/nginx.pid;
-error_log {self.dir}/error.log warn;
-events {{ worker_connections 16384; }}
-http {{
-  access_log off;
-  keepalive_timeout 60s;
-  keepalive_requests 1000000;
-  client_body_temp_path {self.dir}; proxy_temp_path {self.dir}; fastcgi_temp_path {self.dir};
-  uwsgi_temp_path {self.dir}; scgi_temp_path {self.dir};
-  types {{ text/html html; }}
-  server {{ listen 127.0.0.1:{self.port}; root {www}; }}
-}}
-""")
-        self.conf = conf
-        self.proc = subprocess.Popen(
-            ["nginx", "-e", f"{self.dir}/error.log", "-c", conf, "-g", "daemon off;"],
-            start_new_session=True)
-        wait_listening(self.port, self.proc)
+        self.proc, self.conf = benchlib.start_nginx(
+            self.dir, f"server {{ listen 127.0.0.1:{self.port}; root {www}; }}", self.port)
 
     def reload(self):
         before = children(self.proc.pid)

@@ -35,6 +35,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
 from benchlib import free_port, stop, wait_listening  # noqa: E402
 from idle_conns import rss_kib  # noqa: E402
 
@@ -65,29 +66,8 @@ def start_lameduck(www, _d):
 
 def start_nginx(www, d):
     port, h2 = free_port(), free_port()
-    conf = os.path.join(d, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""worker_processes 2;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 16384; }}
-http {{
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_timeout 60s;
-  keepalive_requests 1000000;
-  http2_max_requests 1000000;
-  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
-  uwsgi_temp_path {d}; scgi_temp_path {d};
-  types {{ text/html html; application/octet-stream bin; }}
-  server {{ listen 127.0.0.1:{port}; root {www}; }}
-  server {{ listen 127.0.0.1:{h2} http2; root {www}; }}
-}}
-""")
-    p = subprocess.Popen(["nginx", "-e", f"{d}/error.log", "-c", conf, "-g", "daemon off;"],
-                         start_new_session=True)
-    wait_listening(port, p)
+    p, _ = benchlib.start_nginx(d, f"""server {{ listen 127.0.0.1:{port}; root {www}; }}
+  server {{ listen 127.0.0.1:{h2} http2; root {www}; }}""", port)
     return Server("nginx", p, port, h2)
 
 

@@ -27,6 +27,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
 from benchlib import free_port, stop, wait_listening  # noqa: E402
 from idle_conns import rss_kib  # noqa: E402
 
@@ -54,31 +55,12 @@ def start_lameduck(www, port, cert=None, key=None):
 
 
 def start_nginx(www, port, d, cert, key):
-    conf = os.path.join(d, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""worker_processes 2;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 16384; }}
-http {{
-  access_log off;
-  sendfile on;
-  keepalive_timeout 60s;
-  keepalive_requests 1000000;
-  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
-  uwsgi_temp_path {d}; scgi_temp_path {d};
-  types {{ text/html html; }}
-  server {{
+    p, _ = benchlib.start_nginx(d, f"""server {{
     listen 127.0.0.1:{port} ssl http2;
     ssl_certificate {cert};
     ssl_certificate_key {key};
     root {www};
-  }}
-}}
-""")
-    p = subprocess.Popen(["nginx", "-e", f"{d}/error.log", "-c", conf, "-g", "daemon off;"],
-                         start_new_session=True)
-    wait_listening(port, p)
+  }}""", port)
     return p
 
 
