@@ -318,7 +318,7 @@ impl Files {
                     }
                     Err(resp) => {
                         cache.remove(req.uri.path());
-                        resp
+                        *resp
                     }
                 };
             }
@@ -354,7 +354,7 @@ impl Files {
             &base,
         ) {
             Ok(range) => range,
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         };
         let (start, end) = range.unwrap_or((0, len.saturating_sub(1)));
         let count = if len == 0 { 0 } else { end - start + 1 };
@@ -423,7 +423,7 @@ impl Files {
         path: &Path,
         meta: &std::fs::Metadata,
         content_type: HeaderValue,
-    ) -> Result<Entry, Response<Body>> {
+    ) -> Result<Entry, Box<Response<Body>>> {
         let mut variants = vec![self.read_variant(path, meta, None)?];
         for (encoding, ext) in [("br", "br"), ("gzip", "gz")] {
             let mut sibling = path.as_os_str().to_owned();
@@ -434,7 +434,7 @@ impl Files {
                     variants.push(self.read_variant(&sibling, &m, Some(encoding))?);
                 }
                 Ok(_) => {}
-                Err(e) => return Err(self.failure(&e, path)),
+                Err(e) => return Err(Box::new(self.failure(&e, path))),
             }
         }
         Ok(Entry::new(content_type, variants))
@@ -445,10 +445,10 @@ impl Files {
         path: &Path,
         meta: &std::fs::Metadata,
         encoding: Option<&'static str>,
-    ) -> Result<Variant, Response<Body>> {
+    ) -> Result<Variant, Box<Response<Body>>> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
-            Err(e) => return Err(self.failure(&e, path)),
+            Err(e) => return Err(Box::new(self.failure(&e, path))),
         };
         // The metadata read before the bytes, and the bytes: if the file changed in between,
         // the length tells (most of the time); the next revalidation catches the rest.
@@ -533,19 +533,19 @@ fn conditional_range(
     last_modified: Option<&str>,
     len: u64,
     base: &HeaderMap,
-) -> Result<Option<(u64, u64)>, Response<Body>> {
+) -> Result<Option<(u64, u64)>, Box<Response<Body>>> {
     match preconditions(headers, etag, modified, SystemTime::now()) {
         Precondition::Proceed => {}
         Precondition::NotModified => {
             let mut resp = Response::new(Body::Empty);
             *resp.status_mut() = StatusCode::NOT_MODIFIED;
             *resp.headers_mut() = base.clone();
-            return Err(resp);
+            return Err(Box::new(resp));
         }
         Precondition::Failed => {
             let mut resp = text(StatusCode::PRECONDITION_FAILED, "precondition failed\n");
             resp.headers_mut().extend(base.clone());
-            return Err(resp);
+            return Err(Box::new(resp));
         }
     }
     match range_wanted(headers, etag, last_modified) {
@@ -559,7 +559,7 @@ fn conditional_range(
                     header::CONTENT_RANGE,
                     HeaderValue::from_str(&format!("bytes */{len}")).expect("ASCII"),
                 );
-                Err(resp)
+                Err(Box::new(resp))
             }
         },
     }
@@ -612,7 +612,7 @@ fn respond_cached(entry: &Entry, headers: &HeaderMap) -> Response<Body> {
         &base,
     ) {
         Ok(range) => range,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let bytes = match range {
         Some((start, end)) => variant.bytes.slice(start as usize..=end as usize),
