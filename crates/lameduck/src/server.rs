@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -279,6 +279,7 @@ impl Server {
         };
         let tasks = &mut run.tasks;
         let mut panicked = 0u64;
+        let conn_panics = Arc::new(AtomicU64::new(0));
 
         // Ends when accepting must stop: the lame-duck period after a trigger is over, or
         // someone else moved the phase to draining or beyond.
@@ -382,13 +383,21 @@ impl Server {
                                 continue;
                             };
                             let forced = shutdown.reached(Phase::Forced);
-                            tasks.spawn(async move {
-                                tokio::select! {
-                                    biased;
-                                    _ = work => {}
-                                    _ = forced => slot.mark_forced(),
-                                }
-                                drop(slot);
+                            // A plain task, not one in the JoinSet: the JoinSet would wake this
+                            // loop (on another thread, often) every time a connection ends, which
+                            // with one request per connection was a wake-up per request. The
+                            // tracker already says when every connection is gone, the `forced`
+                            // branch ends the task at the deadline, and panics are counted here.
+                            tokio::spawn(CatchPanic {
+                                inner: async move {
+                                    tokio::select! {
+                                        biased;
+                                        _ = work => {}
+                                        _ = forced => slot.mark_forced(),
+                                    }
+                                    drop(slot);
+                                },
+                                panicked: Arc::clone(&conn_panics),
                             });
                         }
                         Err(e) => backoff.failed(idx, listeners[idx].1, &e, tracker.active(), Instant::now()),
@@ -454,6 +463,7 @@ impl Server {
         // Held by something the server cannot cut: an upgraded socket whose application no
         // longer polls it.
         let stuck = tracker.active() as u64;
+        let panicked = panicked + conn_panics.load(Ordering::Relaxed);
         let report = lifecycle.finish(&shutdown, drain_start, panicked, stuck);
         Ok(report)
     }
@@ -492,7 +502,7 @@ impl fmt::Debug for Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        // Also when the server's future was dropped: its tasks are aborted, not told.
+        // Also when the server's future was dropped: its tasks end on Forced, not told why.
         if self.forced.load(Ordering::Relaxed) || self.shutdown.phase() >= Phase::Forced {
             self.guard.mark_forced();
         }
@@ -500,8 +510,9 @@ impl Drop for Slot {
 }
 
 /// What `run` must leave truthful even if its future is dropped half-way (a `select!` that
-/// picked another branch): the lifecycle ends Forced then Stopped, so nothing waits forever,
-/// and the connection tasks are aborted and counted as forced.
+/// picked another branch): the lifecycle ends Forced then Stopped, so nothing waits forever;
+/// the connection tasks end at their next poll (each watches for Forced) and count as
+/// forced; the shed tasks are aborted.
 struct RunState {
     shutdown: Shutdown,
     tasks: JoinSet<()>,
@@ -539,6 +550,33 @@ async fn shed(mut stream: TcpStream, response: Arc<[u8]>, _slot: crate::admissio
     };
     // Either outcome ends with the socket closed; a failure only means the client left.
     let _ = tokio::time::timeout(SHED_TIMEOUT, answer).await;
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's task, with a panic in it caught, logged and counted instead of lost.
+    struct CatchPanic<F> {
+        #[pin]
+        inner: F,
+        panicked: Arc<AtomicU64>,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for CatchPanic<F> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let inner = this.inner;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                // Relaxed: a statistic, read once every connection is gone.
+                this.panicked.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("connection handler panicked");
+                Poll::Ready(())
+            }
+        }
+    }
 }
 
 /// Logs a finished task's failure; returns 1 if it panicked.
