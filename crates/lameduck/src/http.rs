@@ -683,6 +683,9 @@ struct ConnState {
 
 const NONE: u64 = u64::MAX;
 
+/// How long a connection that has sent nothing must have been open to count as idle.
+const SILENT_IS_IDLE: Duration = Duration::from_secs(1);
+
 impl ConnState {
     fn new(timeouts: Timeouts) -> Self {
         ConnState {
@@ -723,13 +726,15 @@ impl ConnState {
         }
     }
 
-    /// No request in flight and none arriving (between keep-alive requests, or not a byte
-    /// received since the accept): closing now loses nothing.
+    /// No request in flight and none arriving: between keep-alive requests, or silent for
+    /// [`SILENT_IS_IDLE`] since the accept. Closing it to make room loses nothing. (A
+    /// connection accepted a moment ago has most likely just not been read yet: closing it
+    /// would throw away the request on its way.)
     fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0
             && !self.upgraded.load(Ordering::Relaxed)
             && (self.head_started_ms.load(Ordering::Relaxed) == NONE
-                || !self.heard.load(Ordering::Relaxed))
+                || (!self.heard.load(Ordering::Relaxed) && self.start.elapsed() >= SILENT_IS_IDLE))
     }
 
     fn request_started(self: &Arc<Self>, version: Version) -> InFlight {
@@ -1007,13 +1012,17 @@ impl TimedIo {
     /// connections when it runs out.
     fn poll_room_wanted(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
         let room = self.room.as_ref()?;
-        if !self.state.is_idle() {
+        if self.state.upgraded.load(Ordering::Relaxed)
+            || self.state.in_flight.load(Ordering::Relaxed) > 0
+        {
             return None;
         }
         loop {
             // Listen first, then look at the level: a request made in between is not lost.
+            // Registered even while not idle yet (a connection accepted a moment ago): the
+            // acceptor asks again while it waits, and by then it may be.
             let listener = self.room_listener.get_or_insert_with(|| room.room_wanted());
-            if room.room_is_wanted() {
+            if room.room_is_wanted() && self.state.is_idle() {
                 self.room_listener = None;
                 return Some(io::Error::new(
                     io::ErrorKind::ConnectionAborted,

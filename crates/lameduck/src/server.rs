@@ -33,6 +33,10 @@ use crate::report::Report;
 use crate::shutdown::{Phase, Shutdown};
 use crate::tracker::ConnectionGuard;
 
+/// While the acceptor waits at the connection limit, how often it asks idle connections
+/// again to make room.
+const ASK_AGAIN: Duration = Duration::from_millis(250);
+
 /// How long tasks get to end after they were told to stop, before they are aborted.
 const FORCE_GRACE: Duration = Duration::from_secs(1);
 
@@ -343,6 +347,11 @@ impl Server {
                     panicked += reap(result);
                 }
                 p = self.admission.acquire(), if permit.is_none() && wait_for_permit => permit = Some(p),
+                // Still at the limit: ask again, for connections that were not idle yet (a
+                // silent one younger than a second, a response still going out).
+                _ = tokio::time::sleep(ASK_AGAIN), if asked_for_room && permit.is_none() && wait_for_permit => {
+                    self.admission.ask_for_room();
+                }
                 // A paused listener's turn comes again.
                 _ = sleep_until_opt(resume), if resume.is_some() => {}
                 // A returned permit is a closed socket: a descriptor is free.
