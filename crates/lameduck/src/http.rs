@@ -379,7 +379,9 @@ tokio::task_local! {
 
 #[derive(Clone)]
 struct ConnCtx {
-    slot: Arc<Slot>,
+    /// Held, never read: while any clone lives (the socket, a stream task) the connection
+    /// keeps its tracker entry and its permit.
+    _slot: Arc<Slot>,
     shutdown: Shutdown,
 }
 
@@ -400,7 +402,7 @@ where
 {
     let state = Arc::new(ConnState::new(shared.timeouts));
     let ctx = ConnCtx {
-        slot,
+        _slot: slot,
         shutdown: conn.shutdown().clone(),
     };
     let timed = TimedIo::new(
@@ -496,7 +498,7 @@ where
             tokio::select! {
                 biased;
                 _ = work => {}
-                _ = forced => ctx.slot.mark_forced(),
+                _ = forced => {}
                 _ = stalled(&stream, stall_timeout) => {
                     // Dropping the stream's task resets the stream (RST_STREAM) and frees what
                     // it held: its body, its buffered data, its file.
@@ -1042,7 +1044,6 @@ impl TimedIo {
     fn forced_now(&mut self) -> Option<io::Error> {
         if self.state.upgraded.load(Ordering::Relaxed) && self.ctx.shutdown.phase() >= Phase::Forced
         {
-            self.ctx.slot.mark_forced();
             return Some(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "the server's drain deadline closed this connection",
@@ -1072,7 +1073,6 @@ impl TimedIo {
         if !fired {
             return None;
         }
-        self.ctx.slot.mark_forced();
         Some(io::Error::new(
             io::ErrorKind::ConnectionAborted,
             "the server's drain deadline closed this connection",

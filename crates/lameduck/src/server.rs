@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -383,7 +383,6 @@ impl Server {
                             let slot = Arc::new(Slot {
                                 guard,
                                 _permit: permit.take(),
-                                forced: AtomicBool::new(false),
                                 shutdown: shutdown.clone(),
                             });
                             let Some(work) = spawn_one(stream, conn, Arc::clone(&slot)) else {
@@ -402,7 +401,7 @@ impl Server {
                                     tokio::select! {
                                         biased;
                                         _ = work => {}
-                                        _ = forced => slot.mark_forced(),
+                                        _ = forced => {}
                                     }
                                     drop(slot);
                                 },
@@ -487,18 +486,9 @@ impl Server {
 pub(crate) struct Slot {
     guard: ConnectionGuard,
     _permit: Option<Permit>,
-    forced: AtomicBool,
-    /// The server's own lifecycle: a connection still open once it is forced was cut.
+    /// The server's own lifecycle: a connection still open once it is forced was cut, and
+    /// counts as forced when its slot is released.
     shutdown: Shutdown,
-}
-
-impl Slot {
-    /// Counts the connection as forced (cut by the server) when the slot is released.
-    pub(crate) fn mark_forced(&self) {
-        // Relaxed: read in `drop`, after every clone of the `Arc` is gone (the last `Arc`
-        // drop synchronizes with the others).
-        self.forced.store(true, Ordering::Relaxed);
-    }
 }
 
 impl fmt::Debug for Slot {
@@ -511,8 +501,10 @@ impl fmt::Debug for Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        // Also when the server's future was dropped: its tasks end on Forced, not told why.
-        if self.forced.load(Ordering::Relaxed) || self.shutdown.phase() >= Phase::Forced {
+        // Whoever held it last (the task, an upgraded socket, an HTTP/2 stream) was cut if
+        // the server had been forced by then: at the deadline, on a second trigger, or because
+        // its future was dropped.
+        if self.shutdown.phase() >= Phase::Forced {
             self.guard.mark_forced();
         }
     }
