@@ -44,6 +44,35 @@ def rss_kib(pid):
     return total
 
 
+def idle_rss(pid, port, n, path="/", wrap=None):
+    """RSS (KiB) of `pid` and its children before, and while holding, `n` idle keep-alive
+    connections to 127.0.0.1:port, each after one request for `path` (so each is an idle
+    keep-alive connection from then on). `wrap(socket)` may turn a socket into a TLS one."""
+    time.sleep(0.5)
+    before = rss_kib(pid)
+    req = f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if wrap is not None:
+                s = wrap(s)
+            s.sendall(req)
+            socks.append(s)
+        for s in socks:
+            got = b""
+            while b"\r\n\r\n" not in got:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        time.sleep(1.0)
+        return before, rss_kib(pid)
+    finally:
+        for s in socks:
+            s.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--server", action="append", required=True, help="NAME|COMMAND ({port} is replaced)")
@@ -52,33 +81,19 @@ def main():
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    print(f"{'server':<16} {'RSS idle KiB':>13} {'RSS with conns KiB':>19} {'per conn B':>11} {'held':>6}")
+    print(f"{'server':<16} {'RSS idle KiB':>13} {'RSS with conns KiB':>19} {'per conn B':>11}")
     for spec in args.server:
         name, command = spec.split("|", 1)
         port = free_port()
         proc = subprocess.Popen(shlex.split(command.format(port=port)), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard)))
-        socks = []
         try:
             wait_listening(port, proc)
-            time.sleep(0.5)
-            before = rss_kib(proc.pid)
-            req = f"GET {args.path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
-            for _ in range(args.connections):
-                s = socket.create_connection(("127.0.0.1", port), timeout=10)
-                s.sendall(req)
-                socks.append(s)
-            for s in socks:
-                s.recv(65536)
-            time.sleep(1.0)
-            after = rss_kib(proc.pid)
-            held = sum(1 for s in socks if s.fileno() >= 0)
-            per = (after - before) * 1024 / max(len(socks), 1)
-            print(f"{name:<16} {before:>13} {after:>19} {per:>11.0f} {held:>6}")
+            before, after = idle_rss(proc.pid, port, args.connections, args.path)
+            per = (after - before) * 1024 / max(args.connections, 1)
+            print(f"{name:<16} {before:>13} {after:>19} {per:>11.0f}")
         finally:
-            for s in socks:
-                s.close()
             stop(proc)
 
 

@@ -27,17 +27,15 @@ import platform
 import re
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
 from benchlib import free_port, stop, wait_listening  # noqa: E402
-from idle_conns import rss_kib  # noqa: E402
+from idle_conns import idle_rss  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAMEDUCK = os.path.join(ROOT, "target/release/lameduck")
@@ -136,20 +134,7 @@ def download(url):
 
 
 def idle_per_conn(port, n, pid):
-    time.sleep(0.5)
-    before = rss_kib(pid)
-    socks = []
-    req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
-    for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        s.sendall(req)
-        socks.append(s)
-    for s in socks:
-        s.recv(65536)
-    time.sleep(1.0)
-    after = rss_kib(pid)
-    for s in socks:
-        s.close()
+    before, after = idle_rss(pid, port, n)
     return (after - before) * 1024 / n
 
 

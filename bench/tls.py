@@ -18,18 +18,16 @@ import os
 import re
 import resource
 import shutil
-import socket
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
 from benchlib import free_port, stop, wait_listening  # noqa: E402
-from idle_conns import rss_kib  # noqa: E402
+from idle_conns import idle_rss  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAMEDUCK = os.path.join(ROOT, "target/release/lameduck")
@@ -74,26 +72,11 @@ def wrk(url, duration, close):
 
 def idle_tls_rss(pid, port, n, tls):
     """RSS (KiB) before and after holding `n` idle keep-alive connections, TLS or plain."""
-    time.sleep(0.5)
-    before = rss_kib(pid)
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    conns = []
-    for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port))
-        if tls:
-            s = ctx.wrap_socket(s, server_hostname="localhost")
-        s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        got = b""
-        while b"\r\n\r\n" not in got:
-            got += s.recv(4096)
-        conns.append(s)
-    time.sleep(1.0)
-    after = rss_kib(pid)
-    for s in conns:
-        s.close()
-    return before, after
+    wrap = (lambda s: ctx.wrap_socket(s, server_hostname="localhost")) if tls else None
+    return idle_rss(pid, port, n, "/", wrap)
 
 
 def main():
