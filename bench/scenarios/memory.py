@@ -11,7 +11,7 @@ GROUPS = ("hello", "static")
 
 
 def run(ctx, peers, skipped):
-    counts = [100, 500] if ctx.quick else [1000, 5000]
+    counts = [300] if ctx.quick else [1000, 5000]
     chosen = select(peers, GROUPS, skipped)
     rows = []
     for p in chosen:
