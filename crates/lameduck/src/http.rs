@@ -42,7 +42,6 @@ use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
@@ -291,24 +290,24 @@ where
     /// As [`Server::serve`]: dropping the future forces, then stops, and counts the cut
     /// connections as forced.
     pub async fn run(self) -> Result<Report, Error> {
-        let mut builder = auto::Builder::new(TrackedExecutor {
-            stall_timeout: self.timeouts.write,
-        });
-        builder
-            .http1()
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             // Our own header and idle timeouts (in `TimedIo`) replace hyper's header timer,
             // which would otherwise also close idle keep-alive connections after 30 s.
             .header_read_timeout(None)
             .max_buf_size(self.max_header_size);
-        builder
-            .http2()
+        let mut http2 = hyper::server::conn::http2::Builder::new(TrackedExecutor {
+            stall_timeout: self.timeouts.write,
+        });
+        http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.max_concurrent_streams)
             .max_send_buf_size(MAX_SEND_BUF)
             .max_header_list_size(u32::try_from(self.max_header_size).unwrap_or(u32::MAX));
         let shared = Arc::new(Shared {
-            builder,
+            http1,
+            http2,
             tls: self.tls,
             timeouts: self.timeouts,
             keep_alive_grace: self.keep_alive_grace,
@@ -361,7 +360,8 @@ impl Readiness {
 }
 
 struct Shared {
-    builder: auto::Builder<TrackedExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TrackedExecutor>,
     tls: Option<TlsSetup>,
     timeouts: Timeouts,
     keep_alive_grace: Duration,
@@ -426,7 +426,9 @@ where
             #[cfg(not(feature = "tls"))]
             Some(never) => match *never {},
             #[cfg(feature = "tls")]
-            Some(tls) => match accept_tls(tls, timed, &conn, shared.keep_alive_grace).await {
+            // Boxed: the handshake's state is large, and inline it would size every
+            // connection's future, plain ones included.
+            Some(tls) => match Box::pin(accept_tls(tls, timed, &conn, shared.keep_alive_grace)).await {
                 Ok(stream) => {
                     tls.stats.record(true);
                     Io::Tls(Box::new(stream))
@@ -438,21 +440,56 @@ where
                 }
             },
         };
-        let io = TokioIo::new(io);
-        let mut connection = pin!(shared.builder.serve_connection_with_upgrades(io, service));
+        // Which protocol: from ALPN on TLS, otherwise from the first bytes (the HTTP/2
+        // preface or not). Those bytes are read into a buffer large enough for a whole
+        // ordinary request head, which hyper is then given first: one read, not two.
         let mut draining = pin!(conn.draining());
         let mut drain_seen = false;
         // Created only when the drain starts: an idle connection should cost as little as
         // possible.
         let mut grace: Option<Pin<Box<Sleep>>> = None;
+        let mut io = ConnIo::new(io);
+        let proto = match io.negotiated() {
+            Some(proto) => proto,
+            None => loop {
+                tokio::select! {
+                    sniffed = std::future::poll_fn(|cx| io.poll_sniff(cx)) => match sniffed {
+                        Ok(proto) => break proto,
+                        // Closed, timed out or failed before a request began.
+                        Err(_) => return Ok(()),
+                    },
+                    _ = &mut draining, if !drain_seen => {
+                        drain_seen = true;
+                        grace = Some(Box::pin(tokio::time::sleep(shared.keep_alive_grace)));
+                    }
+                    // Draining, and still no request after the grace: nothing is lost.
+                    _ = async { grace.as_mut().expect("guarded by is_some").await }, if grace.is_some() => return Ok(()),
+                }
+            },
+        };
+        let io = TokioIo::new(io);
+        let mut connection = match proto {
+            Proto::Http1 => Conn::Http1(Box::pin(
+                shared.http1.serve_connection(io, service).with_upgrades(),
+            )),
+            Proto::Http2 => {
+                state.is_h2.store(true, Ordering::Relaxed);
+                Conn::Http2(Box::pin(shared.http2.serve_connection(io, service)))
+            }
+        };
+        if drain_seen && proto == Proto::Http2 {
+            // GOAWAY now; open streams finish.
+            connection.graceful_shutdown();
+            grace = None;
+        }
         loop {
             tokio::select! {
-                result = connection.as_mut() => return result,
+                result = &mut connection => return result,
                 _ = &mut draining, if !drain_seen => {
                     drain_seen = true;
-                    if state.is_h2.load(Ordering::Relaxed) {
+                    if proto == Proto::Http2 {
                         // GOAWAY now; open streams finish.
-                        connection.as_mut().graceful_shutdown();
+                        connection.graceful_shutdown();
                     } else {
                         // An idle HTTP/1 client may be sending its next request right now:
                         // give it a moment (answered with `Connection: close`) before closing.
@@ -461,7 +498,7 @@ where
                 }
                 _ = async { grace.as_mut().expect("guarded by is_some").await }, if grace.is_some() => {
                     grace = None;
-                    connection.as_mut().graceful_shutdown();
+                    connection.graceful_shutdown();
                 }
             }
         }
@@ -594,6 +631,178 @@ async fn accept_tls(
 #[cfg(not(feature = "tls"))]
 #[derive(Clone)]
 enum TlsSetup {}
+
+/// The protocol a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    Http1,
+    Http2,
+}
+
+/// The client connection preface of HTTP/2 (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How many bytes the first read takes while the protocol is sniffed: enough for a whole
+/// ordinary request head, so that hyper parses it without a read of its own.
+const SNIFF_READ: usize = 2048;
+
+/// hyper's connection for the protocol chosen, boxed alone: an idle HTTP/1 connection does
+/// not carry the room of an HTTP/2 one, as an enum of both inline would.
+enum Conn<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming>,
+{
+    Http1(Pin<Box<hyper::server::conn::http1::UpgradeableConnection<I, S>>>),
+    Http2(Pin<Box<hyper::server::conn::http2::Connection<I, S, E>>>),
+}
+
+impl<I, S, E, B> Conn<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(&mut self) {
+        match self {
+            Conn::Http1(c) => c.as_mut().graceful_shutdown(),
+            Conn::Http2(c) => c.as_mut().graceful_shutdown(),
+        }
+    }
+}
+
+impl<I, S, E, B> Future for Conn<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Conn::Http1(c) => c.as_mut().poll(cx).map_err(Into::into),
+            Conn::Http2(c) => c.as_mut().poll(cx).map_err(Into::into),
+        }
+    }
+}
+
+/// The connection's stream as hyper sees it: the bytes read while the protocol was sniffed
+/// come first, then the stream itself.
+struct ConnIo {
+    inner: Io,
+    /// What the sniffing read; emptied (and freed) once hyper has taken it.
+    head: Vec<u8>,
+    /// How much of `head` holds bytes read, and how much of that hyper has taken.
+    head_len: usize,
+    head_pos: usize,
+}
+
+impl ConnIo {
+    fn new(inner: Io) -> Self {
+        ConnIo {
+            inner,
+            head: Vec::new(),
+            head_len: 0,
+            head_pos: 0,
+        }
+    }
+
+    /// The protocol agreed by ALPN in the TLS handshake, if any.
+    fn negotiated(&self) -> Option<Proto> {
+        match &self.inner {
+            Io::Plain(_) => None,
+            #[cfg(feature = "tls")]
+            Io::Tls(tls) => match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Some(Proto::Http2),
+                Some(_) => Some(Proto::Http1),
+                None => None,
+            },
+        }
+    }
+
+    /// Reads until the first bytes tell HTTP/2's preface from anything else (HTTP/1).
+    /// Cancel safe: what was read stays in `head`.
+    fn poll_sniff(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Proto>> {
+        loop {
+            let seen = &self.head[..self.head_len];
+            let n = seen.len().min(H2_PREFACE.len());
+            if seen[..n] != H2_PREFACE[..n] {
+                return Poll::Ready(Ok(Proto::Http1));
+            }
+            if n == H2_PREFACE.len() {
+                return Poll::Ready(Ok(Proto::Http2));
+            }
+            if self.head.is_empty() {
+                self.head = vec![0; SNIFF_READ];
+            }
+            let mut buf = ReadBuf::new(&mut self.head[self.head_len..]);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
+            let got = buf.filled().len();
+            if got == 0 {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.head_len += got;
+        }
+    }
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.head_pos < this.head_len {
+            let n = (this.head_len - this.head_pos).min(buf.remaining());
+            buf.put_slice(&this.head[this.head_pos..this.head_pos + n]);
+            this.head_pos += n;
+            if this.head_pos == this.head_len {
+                this.head = Vec::new();
+                this.head_len = 0;
+                this.head_pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
 
 /// A connection's stream: the timed socket, or TLS over it.
 enum Io {
