@@ -59,7 +59,7 @@ def idle_exit_trial(peer, ctx, n, bound):
 
 
 def run(ctx, peers, skipped):
-    trials = 3 if ctx.quick else max(20, ctx.shutdown_trials)
+    trials = 2 if ctx.quick else max(20, ctx.shutdown_trials)
     idle_trials = 1 if ctx.quick else 3
     n_idle = 200 if ctx.quick else 1000
     bound = 10.0 if ctx.quick else 40.0
