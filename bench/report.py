@@ -276,6 +276,37 @@ def tls(res):
     return "\n".join(out) + "\n"
 
 
+def rolling_notes(rows):
+    """Sentences the rolling-restart figures support, and only those."""
+    notes = []
+    ld = [r for r in rows if r["backend"].startswith("lameduck") and not r["backend"].endswith(" 0s")]
+    reuse = sum(r["haproxy_server_errors"].get("reuse") or 0 for r in ld)
+    if ld and reuse:
+        notes.append("HAProxy keeps its server-side keep-alive connections and reuses them "
+                     f"({reuse:,} reuses over {len(ld)} runs with lameduck backends).")
+        if all(r["failed"] == 0 for r in ld):
+            notes.append("With lameduck backends nothing failed, whatever the `http-reuse` "
+                         "setting: during the lame duck `/ready` says 503 while requests are still "
+                         "served, so HAProxy marks the backend down before it closes anything, and "
+                         "the idle keep-alive connections it then closes had a second's grace in "
+                         "which a request racing the close is still answered. No HAProxy option "
+                         "was needed beyond the health check.")
+    zero = [r for r in rows if r["backend"].endswith("--lame-duck 0s")]
+    for r in zero:
+        e = r["haproxy_server_errors"]
+        notes.append(f"Without a lame duck (`--lame-duck 0s`), {r['failed']} requests failed, "
+                     f"{e['econ']} of them connect errors: HAProxy opened connections to the backend "
+                     "between the moment its listener closed and the next health check. A lame "
+                     "duck longer than the check interval is what makes the restart clean.")
+    ax = [r for r in rows if r["backend"] == "axum" and r["failed"]]
+    if ax:
+        econ = sum(r["haproxy_server_errors"]["econ"] for r in ax)
+        eresp = sum(r["haproxy_server_errors"]["eresp"] for r in ax)
+        notes.append(f"axum's failures are connects refused once its listener closed ({econ}), "
+                     f"and responses lost on reused connections it closed at once ({eresp}).")
+    return [" ".join(notes) + "\n"] if notes else []
+
+
 def reliability(res):
     out = ["### Reliability\n"]
     rr = res.get("rolling_restart") or []
@@ -287,14 +318,16 @@ def reliability(res):
                    "check interval, checks on the admin endpoint's `/ready`; axum: TCP checks on the "
                    "main port (it has no readiness endpoint). Failed: answered other than 200 (HAProxy "
                    "answers 502/503 when its backend fails it) or not answered.\n")
-        out.append("| backends | HAProxy option | restarts | requests | failed | HAProxy 5xx | backend connect errors | backend response errors |")
-        out.append("|---|---|---|---|---|---|---|---|")
+        out.append("| backends | HAProxy option | restarts | requests | failed | HAProxy 5xx | backend connect errors | backend response errors | backend connections opened, reused |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
         for r in rr:
             e = r["haproxy_server_errors"]
             late = "" if r["restarts_within_load"] else " (the load ended before the last restart)"
             out.append(f"| {r['backend']} | {r['variant']} | {r['restarts']}{late} | {fmt(r['requests'])} | "
-                       f"{r['failed']} | {r['haproxy_5xx']} | {e['econ']} | {e['eresp']} |")
+                       f"{r['failed']} | {r['haproxy_5xx']} | {e['econ']} | {e['eresp']} | "
+                       f"{fmt(e.get('connect'))}, {fmt(e.get('reuse'))} |")
         out.append("")
+        out.extend(rolling_notes(rr))
     sl = res.get("slowloris") or []
     if sl:
         out.append("Slow clients against `lameduck serve`: real clients (a new connection per request, "
@@ -375,7 +408,8 @@ def headline(results):
         add("bytes per idle connection (static)", [(r["peer"], r["per_conn_bytes"]) for r in m["rows"]
                                           if r["group"] == "static"], " B")
     rel = results.get("reliability") or {}
-    rr = [r for r in rel.get("rolling_restart") or [] if r["variant"] == "default"]
+    rr = [r for r in rel.get("rolling_restart") or []
+          if r["variant"] == "default" and not r["backend"].endswith("--lame-duck 0s")]
     if rr:
         add("failed requests, rolling restart behind HAProxy", [(f"{r['backend']}", r["failed"]) for r in rr], "")
     if not rows:

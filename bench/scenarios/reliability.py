@@ -35,6 +35,7 @@ from .common import fds, free_port, kill_tree, log, median, stop, wait_exit, wai
 
 HAPROXY_VARIANTS = {
     "default": "",
+    "http-reuse always": "http-reuse always",
     "http-reuse never": "http-reuse never",
     "option http-server-close": "option http-server-close",
 }
@@ -128,8 +129,9 @@ class Backend:
             kill_tree(self.proc)
 
 
-def rolling_restart(ctx, kind, variant="default", passes=1):
-    lame_duck = "500ms" if ctx.quick else "1s"
+def rolling_restart(ctx, kind, variant="default", passes=1, lame_duck=None):
+    if lame_duck is None:
+        lame_duck = "500ms" if ctx.quick else "1s"
     d = ctx.scratch()
     port = free_port()
     backends = [Backend(ctx, kind, lame_duck) for _ in range(2)]
@@ -164,9 +166,10 @@ def rolling_restart(ctx, kind, variant="default", passes=1):
         counts = {k: int(v) for k, v in (kv.split("=") for kv in out.split())}
         st = haproxy_stat(d)
         errs = {k: sum(int(st[f"s{i}"].get(k) or 0) for i in range(2))
-                for k in ("econ", "eresp", "wretr", "wredis")}
+                for k in ("econ", "eresp", "wretr", "wredis", "connect", "reuse")}
         five = int(st["FRONTEND"].get("hrsp_5xx") or 0)
-        return {"backend": kind, "variant": variant, "restarts": 2 * passes,
+        name = kind if kind != "lameduck" else f"lameduck serve --lame-duck {lame_duck}"
+        return {"backend": name, "variant": variant, "restarts": 2 * passes,
                 "requests": counts["requests"], "failed": counts["failed"], "refused": counts["refused"],
                 "haproxy_5xx": five, "haproxy_server_errors": errs,
                 "restarts_within_load": finished_in_time,
@@ -493,6 +496,11 @@ def run(ctx, peers, skipped):
                 r = rolling_restart(ctx, kind, variant, passes=1 if ctx.quick else 2)
                 out["rolling_restart"].append(r)
                 log(f"rolling restart: {r}")
+        if not ctx.quick:
+            # Without a lame duck: /ready says 503 only as the listener closes.
+            r = rolling_restart(ctx, "lameduck", "default", passes=2, lame_duck="0s")
+            out["rolling_restart"].append(r)
+            log(f"rolling restart: {r}")
     else:
         skipped.setdefault("haproxy", "haproxy not installed")
     out["slowloris"] = [slowloris(ctx, False), slowloris(ctx, True)]
