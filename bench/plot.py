@@ -59,7 +59,7 @@ def bars(title, labels, series, unit, width=760):
             w = plot_w * v / vmax
             y = y0 + j * bar_h
             out.append(f'<rect x="{left}" y="{y:.1f}" width="{w:.1f}" height="{bar_h - 2}" fill="{COLOURS[j % 10]}"/>')
-            out.append(f'<text x="{left + w + 4:.1f}" y="{y + bar_h - 4:.1f}" {SMALL}>{_fmt(round(v))}</text>')
+            out.append(f'<text x="{left + w + 4:.1f}" y="{y + bar_h - 4:.1f}" {SMALL}>{v:,.0f}</text>')
     for j, (name, _) in enumerate(series):
         x = left + j * 130
         out.append(f'<rect x="{x}" y="30" width="10" height="10" fill="{COLOURS[j % 10]}"/>')

@@ -284,9 +284,11 @@ def rolling_notes(rows):
     if ld and reuse:
         notes.append("HAProxy keeps its server-side keep-alive connections and reuses them "
                      f"({reuse:,} reuses over {len(ld)} runs with lameduck backends).")
+        variants = sorted({r["variant"] for r in ld})
         if all(r["failed"] == 0 for r in ld):
-            notes.append("With lameduck backends nothing failed, whatever the `http-reuse` "
-                         "setting: during the lame duck `/ready` says 503 while requests are still "
+            which = (f"with each of {', '.join(f'`{v}`' for v in variants)}" if len(variants) > 1
+                     else "with HAProxy's defaults")
+            notes.append(f"With lameduck backends nothing failed, {which}: during the lame duck `/ready` says 503 while requests are still "
                          "served, so HAProxy marks the backend down before it closes anything, and "
                          "the idle keep-alive connections it then closes had a second's grace in "
                          "which a request racing the close is still answered. No HAProxy option "

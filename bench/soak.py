@@ -160,9 +160,9 @@ def run(ctx, seconds, outdir):
         json.dump(result, f, indent=1)
     pts = lambda k, scale=1.0: [(s["t"], None if s[k] is None else s[k] * scale) for s in samples]  # noqa: E731
     plot.write(os.path.join(outdir, "soak.svg"),
-               plot.lines(f"Soak, {seconds:.0f} s: RSS", {"lameduck serve (supervisor + workers)": pts("rss_kib", 1 / 1024)},
+               plot.lines(f"Soak, {seconds:.0f} s: RSS (supervisor and workers)", {"lameduck serve": pts("rss_kib", 1 / 1024)},
                           "seconds", "RSS (MB)", height=240),
-               plot.lines("open descriptors", {"lameduck serve (supervisor + workers)": pts("fds")},
+               plot.lines("open descriptors (supervisor and workers)", {"lameduck serve": pts("fds")},
                           "seconds", "descriptors", height=240),
                plot.lines("probe latency (new connection, one request)", {"probe": pts("probe_ms")},
                           "seconds", "ms", height=240))
