@@ -400,6 +400,27 @@ impl Files {
                 Err(e) => return self.failure(&e, &path),
             }
         } else {
+            // Plain HTTP/1 on Linux: the kernel sends the file from the page cache
+            // (`sendfile`), with no copy through this process.
+            #[cfg(target_os = "linux")]
+            if let Some(sf) = req.extensions.get::<lameduck::http::SendFile>() {
+                return file_response(
+                    Body::File(FileStream {
+                        source: Source::SendFile {
+                            file: Arc::new(file),
+                            sf: sf.clone(),
+                        },
+                        offset: start,
+                        remaining: count,
+                        chunk: lameduck::http::SENDFILE_MAX_CHUNK,
+                    }),
+                    base,
+                    content_type,
+                    encoding,
+                    range,
+                    len,
+                );
+            }
             if start > 0 {
                 if let Err(e) = file.seek(io::SeekFrom::Start(start)) {
                     return self.failure(&e, &path);
@@ -925,6 +946,13 @@ enum Source {
         path: PathBuf,
         identity: FileIdentity,
     },
+    /// Sent by the kernel (`sendfile`) on plain HTTP/1: the body yields stand-in chunks
+    /// that the connection's socket replaces with the file's bytes.
+    #[cfg(target_os = "linux")]
+    SendFile {
+        file: Arc<std::fs::File>,
+        sf: lameduck::http::SendFile,
+    },
 }
 
 /// What makes "the same file, unchanged": the inode, its size and its modification time.
@@ -958,9 +986,18 @@ impl FileIdentity {
 impl FileStream {
     /// Reads the next chunk (at most `want` bytes) at `offset`.
     fn read_chunk(&mut self, want: usize) -> io::Result<Bytes> {
+        #[cfg(target_os = "linux")]
+        if let Source::SendFile { file, sf } = &self.source {
+            let chunk = sf.chunk(file, self.offset, want);
+            self.offset += chunk.len() as u64;
+            self.remaining -= chunk.len() as u64;
+            return Ok(chunk);
+        }
         let mut chunk = BytesMut::zeroed(want);
         let n = match &mut self.source {
             Source::Open(file) => read_retrying(file, &mut chunk)?,
+            #[cfg(target_os = "linux")]
+            Source::SendFile { .. } => unreachable!("answered above"),
             Source::Reopen { path, identity } => {
                 let mut file = std::fs::File::open(&*path)?;
                 if FileIdentity::of(&file)? != *identity {
@@ -1053,7 +1090,7 @@ impl http_body::Body for Body {
                 // chunk (`tokio::fs`) halved the transfer rate.
                 let chunk = f.read_chunk(want)?;
                 // A client that keeps asking gets bigger chunks.
-                f.chunk = (f.chunk * 2).min(CHUNK);
+                f.chunk = f.chunk.max((f.chunk * 2).min(CHUNK));
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
             }
         }

@@ -53,6 +53,11 @@ use crate::report::Report;
 use crate::server::{IntoListener, Overload, Server, Slot};
 use crate::shutdown::{Phase, Shutdown, instant_after};
 
+#[cfg(target_os = "linux")]
+mod sendfile;
+#[cfg(target_os = "linux")]
+pub use sendfile::{MAX_CHUNK as SENDFILE_MAX_CHUNK, SendFile};
+
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Default time a client has to send a complete request head.
@@ -416,6 +421,7 @@ where
         inner: service,
         conn: conn.clone(),
         state: Arc::clone(&state),
+        sendfile: shared.tls.is_none(),
     };
     CONN.scope(ctx, async move {
         // The TLS handshake, if any, runs here: under the connection's permit, counted, cut
@@ -890,6 +896,9 @@ struct ConnState {
     /// The client has sent at least one byte.
     heard: AtomicBool,
     timeouts: Timeouts,
+    /// File ranges to send in place of stand-in chunks ([`SendFile`]).
+    #[cfg(target_os = "linux")]
+    sendfile: sendfile::Queue,
 }
 
 const NONE: u64 = u64::MAX;
@@ -909,6 +918,8 @@ impl ConnState {
             upgraded: AtomicBool::new(false),
             heard: AtomicBool::new(false),
             timeouts,
+            #[cfg(target_os = "linux")]
+            sendfile: sendfile::Queue::default(),
         }
     }
 
@@ -1022,6 +1033,8 @@ struct LifecycleService<S> {
     inner: S,
     conn: Connection,
     state: Arc<ConnState>,
+    /// Plain TCP: HTTP/1 requests get the [`SendFile`] extension.
+    sendfile: bool,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for LifecycleService<S>
@@ -1066,6 +1079,12 @@ where
             return Box::pin(async move { Ok(response) });
         }
         request.extensions_mut().insert(self.conn.clone());
+        #[cfg(target_os = "linux")]
+        if self.sendfile && version <= Version::HTTP_11 {
+            request
+                .extensions_mut()
+                .insert(SendFile::new(Arc::clone(&self.state)));
+        }
         // What axum's `ConnectInfo<SocketAddr>` extractor looks for (axum's own `serve` adds
         // it through `into_make_service_with_connect_info`).
         #[cfg(feature = "axum")]
@@ -1314,6 +1333,20 @@ impl TimedIo {
         }
     }
 
+    /// Sends the file range queued for the stand-in chunk at the front of hyper's buffer.
+    #[cfg(target_os = "linux")]
+    fn poll_sendfile(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.inner.poll_write_ready(cx))?;
+            match self.inner.try_io(tokio::io::Interest::WRITABLE, || {
+                self.state.sendfile.send(&self.inner, len)
+            }) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
     /// Wraps one write-side poll: a write that stays pending past the write timeout fails.
     fn poll_write_side<T>(
         &mut self,
@@ -1391,6 +1424,11 @@ impl AsyncWrite for TimedIo {
         if let Some(e) = this.forced_now() {
             return Poll::Ready(Err(e));
         }
+        #[cfg(target_os = "linux")]
+        if sendfile::is_stand_in(buf) {
+            let poll = this.poll_sendfile(cx, buf.len());
+            return this.poll_write_side(cx, poll);
+        }
         let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.poll_write_side(cx, poll)
     }
@@ -1403,6 +1441,17 @@ impl AsyncWrite for TimedIo {
         let this = self.get_mut();
         if let Some(e) = this.forced_now() {
             return Poll::Ready(Err(e));
+        }
+        // Stand-ins go out by `sendfile`; what comes before the first of them by `writev`.
+        // One system call per poll: hyper polls again for the rest.
+        #[cfg(target_os = "linux")]
+        if let Some(at) = bufs.iter().position(|b| sendfile::is_stand_in(b)) {
+            let poll = if at == 0 {
+                this.poll_sendfile(cx, bufs[0].len())
+            } else {
+                Pin::new(&mut this.inner).poll_write_vectored(cx, &bufs[..at])
+            };
+            return this.poll_write_side(cx, poll);
         }
         let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.poll_write_side(cx, poll)
