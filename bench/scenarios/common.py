@@ -21,9 +21,7 @@ ROOT = os.path.dirname(BENCH)
 if BENCH not in sys.path:
     sys.path.insert(0, BENCH)
 
-import benchlib  # noqa: E402
 from benchlib import free_port, stop, wait_listening  # noqa: E402
-from idle_conns import rss_kib  # noqa: E402
 import static  # noqa: E402  (its starters: start_lameduck, start_nginx, start_caddy, start_sws)
 
 SMALL = b"<!DOCTYPE html><html><body><h1>Hello</h1><p>A small static file.</p></body></html>\n"
