@@ -48,8 +48,8 @@ REASONS = {
         "lameduck's runtime keeps timers for its connections and its drain ticker; the peers "
         "counted lower keep fewer threads or none awake.",
     ("memory",):
-        "each lameduck connection holds its slot, its three timeouts and its task with its "
-        "buffers; raw hyper keeps only hyper's own connection state.",
+        "each lameduck connection holds, besides hyper's own connection state, its slot, "
+        "its three timeouts (header, idle, write) and the future that watches for the drain.",
     ("memory", "nginx"):
         "nginx allocates its connection table for `worker_connections` (16384 per worker here) "
         "at start, so its idle RSS already holds it and only buffers count per connection.",
@@ -96,10 +96,17 @@ def behind(values, base, higher_better, tolerance=0.05, floor=0.0):
 DEBUG = False
 
 
-def reason(key):
+def reason(key, ahead=()):
+    """The sentence under a table where lameduck is behind (empty for debug builds)."""
     if DEBUG:
         return ""
-    return f"\nWhere lameduck is behind here: {REASONS.get(key, REASONS.get(key[:1], 'no cause recorded.'))}\n"
+    who = f" ({', '.join(ahead)} ahead)" if ahead else ""
+    return f"\nWhere lameduck is behind here{who}: {REASONS.get(key, REASONS.get(key[:1], 'no cause recorded.'))}\n"
+
+
+def ahead_of(rows, key, base, higher_better, tolerance=0.05, floor=0.0):
+    """Names of the rows whose `key` beats `base`."""
+    return [r["peer"] for r in rows if behind([r[key]], base, higher_better, tolerance, floor)]
 
 
 def throughput(res):
@@ -126,9 +133,10 @@ def throughput(res):
                        f"{fmt(cl['p50_ms'], ' ms', 2)} | {fmt(cl['p99_ms'], ' ms', 2)} | "
                        f"{ka['errors'] + cl['errors']} |")
         for mode in ("keep-alive", "close"):
-            if behind([by[(p, mode)]["rps"] for p in peers[1:]], base[mode], True):
-                out.append(reason(("throughput", group, mode)).rstrip("\n")
-                           .replace("behind here:", f"behind here ({mode}):"))
+            ahead = ahead_of([by[(p, mode)] for p in peers[1:]], "rps", base[mode], True)
+            if ahead:
+                out.append(reason(("throughput", group, mode), ahead).rstrip("\n")
+                           .replace("behind here (", f"behind here, {mode} (", 1))
         out.append("")
     return "\n".join(out)
 
@@ -157,15 +165,18 @@ def shutdown(res):
             if r["exit_idle_conns_timeouts"] and r["exit_idle_conns_s"] is not None:
                 exit_c += f", killed in {r['exit_idle_conns_timeouts']} trials"
             out.append(f"| {r['peer']} | {r['signal']} | {refused} | {fmt(r['exit_idle_server_s'], ' s', 2)} | {exit_c} |")
-    notes = []
+    notes = {}
     for group in ("hello", "static"):
         rows = [r for r in res["rows"] if r["group"] == group]
-        if rows and behind([r["refused_ms"] for r in rows[1:]], rows[0]["refused_ms"], False, floor=1.0):
-            notes.append("refused")
-        if rows and behind([r["exit_idle_conns_s"] for r in rows[1:]], rows[0]["exit_idle_conns_s"], False, floor=0.05):
-            notes.append("exit_idle")
-    for key in dict.fromkeys(notes):
-        out.append(reason(("shutdown", key)).rstrip("\n"))
+        if not rows:
+            continue
+        notes.setdefault("refused", []).extend(
+            ahead_of(rows[1:], "refused_ms", rows[0]["refused_ms"], False, floor=1.0))
+        notes.setdefault("exit_idle", []).extend(
+            ahead_of(rows[1:], "exit_idle_conns_s", rows[0]["exit_idle_conns_s"], False, floor=0.05))
+    for key, ahead in notes.items():
+        if ahead:
+            out.append(reason(("shutdown", key), ahead).rstrip("\n"))
     return "\n".join(out) + "\n"
 
 
@@ -193,15 +204,15 @@ def idle(res):
     groups = {}
     for r in res["rows"]:
         groups.setdefault(r["group"], []).append(r)
-    notes = False
+    notes = []
     for rows in groups.values():
         b = rows[0]
         for r in rows:
             out.append(f"| {r['peer']} | {r['threads']} | {r['cpu_ticks']} | {r['context_switches']} "
                        f"({ratio(r['context_switches'], b['context_switches'])}) |")
-        notes |= behind([r["context_switches"] for r in rows[1:]], b["context_switches"], False, 0.5, 20)
+        notes += ahead_of(rows[1:], "context_switches", b["context_switches"], False, 0.5, 20)
     if notes:
-        out.append(reason(("idle",)).rstrip("\n"))
+        out.append(reason(("idle",), notes).rstrip("\n"))
     return "\n".join(out) + "\n"
 
 
@@ -224,12 +235,11 @@ def memory(res):
             k = r["rss_kib"]
             out.append(f"| {r['peer']} | " + " | ".join(f"{k[str(n)] / 1024:.1f} MB" for n in c)
                        + f" | {fmt(r['per_conn_bytes'])} B ({ratio(r['per_conn_bytes'], b['per_conn_bytes'])}) |")
-        notes += [r["peer"] for r in rows[1:]
-                  if behind([r["per_conn_bytes"]], b["per_conn_bytes"], False, 0.10, 512)]
+        notes += ahead_of(rows[1:], "per_conn_bytes", b["per_conn_bytes"], False, 0.10, 512)
     if notes:
-        out.append(reason(("memory",)).rstrip("\n"))
+        out.append(reason(("memory",), notes).rstrip("\n"))
         for p in notes:
-            if ("memory", p) in REASONS:
+            if ("memory", p) in REASONS and not DEBUG:
                 out.append(f"\n{p}: {REASONS[('memory', p)]}")
     return "\n".join(out) + "\n"
 
@@ -270,9 +280,10 @@ def tls(res):
         out.append("\n| lameduck serve | RSS before | RSS after | per idle connection |\n|---|---|---|---|")
         for m in res["memory"]:
             out.append(f"| {m['kind']} | {m['before']} | {m['after']} | {m['per_connection']} |")
-    if behind([r["keepalive_rps"] for r in rows[1:]], rows[0]["keepalive_rps"], True) or \
-            behind([r["handshakes_per_s"] for r in rows[1:]], rows[0]["handshakes_per_s"], True):
-        out.append(reason(("tls",)).rstrip("\n"))
+    ahead = list(dict.fromkeys(ahead_of(rows[1:], "keepalive_rps", rows[0]["keepalive_rps"], True)
+                               + ahead_of(rows[1:], "handshakes_per_s", rows[0]["handshakes_per_s"], True)))
+    if ahead:
+        out.append(reason(("tls",), ahead).rstrip("\n"))
     return "\n".join(out) + "\n"
 
 
