@@ -24,6 +24,9 @@ import sys
 
 from benchlib import free_port, wait_listening
 
+# The load client; a caller running debug builds may point it elsewhere.
+CLIENT = str(pathlib.Path(__file__).resolve().parent.parent / "target/release/drain_client")
+
 
 def one_run(command, args):
     port = free_port()
@@ -31,8 +34,7 @@ def one_run(command, args):
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_listening(port)
-        client = pathlib.Path(__file__).resolve().parent.parent / "target/release/drain_client"
-        out = subprocess.run([str(client), f"127.0.0.1:{port}", str(args.connections), str(args.duration),
+        out = subprocess.run([CLIENT, f"127.0.0.1:{port}", str(args.connections), str(args.duration),
                               str(proc.pid), str(int(args.signal_after * 1000))],
                              capture_output=True, text=True, timeout=args.duration + 60).stdout
         code = proc.wait(timeout=60)

@@ -10,8 +10,8 @@ Measures, as medians over interleaved rounds, with ratios against lameduck:
 - memory per idle keep-alive connection (after one request), with raw hyper as the Rust
   floor (`http_hello hyper`).
 
-Writes the tables to bench/RESULTS.md (with the date, the machine and this command) unless
---no-write. Usage:
+Prints the tables; `bench/run` puts them in bench/RESULTS.md with the other scenarios, and
+`--write FILE` writes them to FILE (with the date, the machine and this command). Usage:
 
     bench/static.py [--rounds 3] [--duration 4] [--large-mb 200] [--idle 5000] [--quick]
 
@@ -162,7 +162,8 @@ def main():
     ap.add_argument("--large-mb", type=int, default=200)
     ap.add_argument("--idle", type=int, default=5000)
     ap.add_argument("--quick", action="store_true", help="one short round of everything, for CI")
-    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
+    ap.add_argument("--write", metavar="FILE", help="also write the tables to FILE")
+    ap.add_argument("--no-write", action="store_true", help="print only (the default)")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration, args.large_mb, args.idle = 1, 1, 20, 200
@@ -286,15 +287,15 @@ def main():
         out.append(f"\n(not installed, skipped: {', '.join(skipped)})")
     table = "\n".join(out)
     print(table)
-    if not args.no_write and not args.quick:
+    if args.write and not args.no_write:
         cmd = "bench/static.py " + " ".join(sys.argv[1:])
-        header = (f"# lameduck benchmark results\n\nWritten by `{cmd.strip()}` on "
+        header = (f"# lameduck serve against the static servers\n\nWritten by `{cmd.strip()}` on "
                   f"{datetime.date.today().isoformat()}, on {machine()}. The machine is shared "
                   "and noisy: read the ratios, measured in the same run, rather than the "
                   "absolute figures.\n\n")
-        with open(os.path.join(ROOT, "bench/RESULTS.md"), "w") as f:
+        with open(args.write, "w") as f:
             f.write(header + table + "\n")
-        print("\nwritten to bench/RESULTS.md")
+        print(f"\nwritten to {args.write}")
 
 
 if __name__ == "__main__":
