@@ -77,24 +77,36 @@ impl Files {
         })
     }
 
-    /// Answers one request.
+    /// Answers one request, with whatever file-system work it takes (run it where blocking
+    /// is allowed: see `StaticService`).
     pub(crate) fn respond(&self, req: Parts) -> Response<Body> {
+        let resp = self.respond_with(&req, true);
+        resp.expect("with the disk, every request has an answer")
+    }
+
+    /// Answers one request if that needs no file-system work (a fresh cache entry, the
+    /// built-in page, a refused method); `None` when it does.
+    pub(crate) fn respond_from_memory(&self, req: &Parts) -> Option<Response<Body>> {
+        self.respond_with(req, false)
+    }
+
+    fn respond_with(&self, req: &Parts, disk: bool) -> Option<Response<Body>> {
         if req.method != Method::GET && req.method != Method::HEAD {
             let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return resp;
+            return Some(resp);
         }
         let head = req.method == Method::HEAD;
         let mut resp = match &self.root {
-            None => self.builtin(&req),
-            // The file-system work of one request (resolving links, metadata, opening, reading
-            // a small file) is a handful of system calls answered from the page cache in
-            // microseconds, so it runs right here, as nginx does on its event loop. Sending it
-            // to the blocking pool cost a thread hand-off per request and halved throughput.
-            // Large files are read the same way, a chunk at a time as the client takes them.
-            // The price: on a cold, slow disk a read holds up this worker thread.
-            Some(_) => self.serve_dir(&req),
+            None => self.builtin(req),
+            Some(_) => match self.cached(req) {
+                Some(resp) => resp,
+                None if !disk => return None,
+                // The file-system work of one request: resolving links, metadata, opening,
+                // reading a small file.
+                None => self.serve_dir(req),
+            },
         };
         if head {
             // HEAD carries the headers GET would, Content-Length included (RFC 9110 9.3.2).
@@ -111,7 +123,13 @@ impl Files {
             }
             *resp.body_mut() = Body::Empty;
         }
-        resp
+        Some(resp)
+    }
+
+    /// The answer from a fresh cache entry, if there is one.
+    fn cached(&self, req: &Parts) -> Option<Response<Body>> {
+        let entry = self.cache.as_ref()?.get(req.uri.path())?;
+        Some(respond_cached(&entry, &req.headers))
     }
 
     fn builtin(&self, req: &Parts) -> Response<Body> {
@@ -140,9 +158,6 @@ impl Files {
             return not_found();
         };
         let uri_path = req.uri.path();
-        if let Some(entry) = self.cache.as_ref().and_then(|c| c.get(uri_path)) {
-            return respond_cached(&entry, &req.headers);
-        }
         let relative = match self.relative_path(uri_path) {
             Ok(p) => p,
             Err(status) => return text(status, status.canonical_reason().unwrap_or("refused")),
@@ -391,12 +406,12 @@ impl Files {
             // one) and starts with a small chunk that grows as the client keeps up: a stalled
             // stream holds one small buffer and no descriptor.
             match FileIdentity::of(&file) {
-                Ok(identity) => Body::File(FileStream {
-                    source: Source::Reopen { path, identity },
-                    offset: start,
-                    remaining: count,
-                    chunk: FIRST_CHUNK_H2,
-                }),
+                Ok(identity) => Body::File(FileStream::new(
+                    Source::Reopen { path, identity },
+                    start,
+                    count,
+                    FIRST_CHUNK_H2,
+                )),
                 Err(e) => return self.failure(&e, &path),
             }
         } else {
@@ -405,15 +420,15 @@ impl Files {
             #[cfg(target_os = "linux")]
             if let Some(sf) = req.extensions.get::<lameduck::http::SendFile>() {
                 return file_response(
-                    Body::File(FileStream {
-                        source: Source::SendFile {
+                    Body::File(FileStream::new(
+                        Source::SendFile {
                             file: Arc::new(file),
                             sf: sf.clone(),
                         },
-                        offset: start,
-                        remaining: count,
-                        chunk: lameduck::http::SENDFILE_MAX_CHUNK,
-                    }),
+                        start,
+                        count,
+                        lameduck::http::SENDFILE_MAX_CHUNK,
+                    )),
                     base,
                     content_type,
                     encoding,
@@ -421,17 +436,13 @@ impl Files {
                     len,
                 );
             }
-            if start > 0 {
-                if let Err(e) = file.seek(io::SeekFrom::Start(start)) {
-                    return self.failure(&e, &path);
-                }
-            }
-            Body::File(FileStream {
-                source: Source::Open(file),
-                offset: start,
-                remaining: count,
-                chunk: CHUNK,
-            })
+            // Read at its offset: no seek needed.
+            Body::File(FileStream::new(
+                Source::Open(Arc::new(file)),
+                start,
+                count,
+                CHUNK,
+            ))
         };
         file_response(body, base, content_type, encoding, range, len)
     }
@@ -924,6 +935,11 @@ pub(crate) enum Body {
 }
 
 /// The bytes of a file, read a chunk at a time as the connection asks for them.
+///
+/// A chunk is read right here, on the connection's worker thread, when the page cache holds
+/// it (`preadv2` with `RWF_NOWAIT` says so without waiting); otherwise the read goes to the
+/// blocking pool and the body waits for it, so a cold or slow disk holds up this one
+/// response, never the worker and every other connection on it.
 #[derive(Debug)]
 pub(crate) struct FileStream {
     source: Source,
@@ -932,6 +948,8 @@ pub(crate) struct FileStream {
     remaining: u64,
     /// Size of the next chunk.
     chunk: usize,
+    /// A read (or, for `sendfile`, a warm-up of the page cache) running in the blocking pool.
+    pending: Option<tokio::task::JoinHandle<io::Result<Option<Bytes>>>>,
 }
 
 /// Where a file body reads from.
@@ -939,7 +957,7 @@ pub(crate) struct FileStream {
 enum Source {
     /// A file kept open (HTTP/1: one response at a time per connection, and a client that
     /// stops reading is cut by the write timeout).
-    Open(std::fs::File),
+    Open(Arc<std::fs::File>),
     /// A path reopened for each chunk and checked to be the same file (HTTP/2, where a
     /// connection holds many responses that its client may stall).
     Reopen {
@@ -956,7 +974,7 @@ enum Source {
 }
 
 /// What makes "the same file, unchanged": the inode, its size and its modification time.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct FileIdentity {
     dev: u64,
     ino: u64,
@@ -983,49 +1001,192 @@ impl FileIdentity {
     }
 }
 
-impl FileStream {
-    /// Reads the next chunk (at most `want` bytes) at `offset`.
-    fn read_chunk(&mut self, want: usize) -> io::Result<Bytes> {
-        #[cfg(target_os = "linux")]
-        if let Source::SendFile { file, sf } = &self.source {
-            let chunk = sf.chunk(file, self.offset, want);
-            self.offset += chunk.len() as u64;
-            self.remaining -= chunk.len() as u64;
-            return Ok(chunk);
-        }
-        let mut chunk = BytesMut::zeroed(want);
-        let n = match &mut self.source {
-            Source::Open(file) => read_retrying(file, &mut chunk)?,
-            #[cfg(target_os = "linux")]
-            Source::SendFile { .. } => unreachable!("answered above"),
-            Source::Reopen { path, identity } => {
-                let mut file = std::fs::File::open(&*path)?;
-                if FileIdentity::of(&file)? != *identity {
-                    return Err(io::Error::other("file changed while being sent"));
-                }
-                file.seek(io::SeekFrom::Start(self.offset))?;
-                read_retrying(&mut file, &mut chunk)?
+/// The file a chunk comes from: open, or reopened by path and checked.
+fn open_checked(path: &Path, identity: &FileIdentity) -> io::Result<std::fs::File> {
+    let file = std::fs::File::open(path)?;
+    if FileIdentity::of(&file)? != *identity {
+        return Err(io::Error::other("file changed while being sent"));
+    }
+    Ok(file)
+}
+
+/// Reads at most `want` bytes at `offset`; with `nowait`, only what the page cache holds
+/// (`Ok(None)`: it would have to wait for the disk).
+fn read_at(
+    file: &std::fs::File,
+    offset: u64,
+    want: usize,
+    nowait: bool,
+) -> io::Result<Option<Bytes>> {
+    let mut chunk = BytesMut::zeroed(want);
+    let n = loop {
+        let result = if nowait {
+            match read_nowait(file, &mut chunk, offset) {
+                Some(result) => result,
+                None => return Ok(None),
             }
+        } else {
+            read_blocking(file, &mut chunk, offset)
         };
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shrank while being sent",
-            ));
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if nowait && e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            other => break other?,
         }
-        chunk.truncate(n);
-        self.offset += n as u64;
-        self.remaining -= n as u64;
-        Ok(chunk.freeze())
+    };
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file shrank while being sent",
+        ));
+    }
+    chunk.truncate(n);
+    Ok(Some(chunk.freeze()))
+}
+
+#[cfg(unix)]
+fn read_blocking(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_blocking(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut file = file;
+    file.seek(io::SeekFrom::Start(offset))?;
+    file.read(buf)
+}
+
+/// `preadv2(RWF_NOWAIT)`: the read only if the page cache can answer it now. `None` where
+/// the file system (or the platform) cannot tell, so the caller reads in the blocking pool.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn read_nowait(file: &std::fs::File, buf: &mut [u8], offset: u64) -> Option<io::Result<usize>> {
+    use std::os::fd::AsRawFd as _;
+    let offset = libc::off_t::try_from(offset).ok()?;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `iov` describes `buf`, which is valid for writes of its length for the whole
+    // call; the descriptor is `file`'s, open for the whole call.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    if n >= 0 {
+        return Some(Ok(n as usize));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => Some(Err(e)),
+        // Not supported here (FUSE, some network file systems): no way to tell.
+        Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => None,
+        _ => Some(Err(e)),
     }
 }
 
-fn read_retrying(file: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match file.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other,
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn read_nowait(_file: &std::fs::File, _buf: &mut [u8], _offset: u64) -> Option<io::Result<usize>> {
+    None
+}
+
+/// Brings `len` bytes at `offset` into the page cache (a `sendfile` of them then does not
+/// wait for the disk on the connection's thread). Runs in the blocking pool.
+#[cfg(target_os = "linux")]
+fn warm(file: &std::fs::File, offset: u64, len: usize) -> io::Result<()> {
+    let mut scratch = vec![0u8; len.min(64 * 1024)];
+    let mut at = offset;
+    let end = offset + len as u64;
+    while at < end {
+        let want = scratch.len().min((end - at) as usize);
+        match read_blocking(file, &mut scratch[..want], at) {
+            Ok(0) => break,
+            Ok(n) => at += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
+    }
+    Ok(())
+}
+
+impl FileStream {
+    fn new(source: Source, offset: u64, remaining: u64, chunk: usize) -> FileStream {
+        FileStream {
+            source,
+            offset,
+            remaining,
+            chunk,
+            pending: None,
+        }
+    }
+
+    /// The next chunk (at most `want` bytes): from the page cache here, or from the blocking
+    /// pool.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<Bytes>> {
+        loop {
+            if let Some(task) = &mut self.pending {
+                let done = std::task::ready!(Pin::new(task).poll(cx));
+                self.pending = None;
+                let got =
+                    done.map_err(|e| io::Error::other(format!("file read failed: {e}")))??;
+                match got {
+                    Some(bytes) => return Poll::Ready(Ok(self.advance(bytes))),
+                    // A warm-up finished: the stand-in goes out now.
+                    None => return Poll::Ready(Ok(self.stand_in(want))),
+                }
+            }
+            match &self.source {
+                Source::Open(file) => {
+                    if let Some(bytes) = read_at(file, self.offset, want, true)? {
+                        return Poll::Ready(Ok(self.advance(bytes)));
+                    }
+                    let (file, offset) = (Arc::clone(file), self.offset);
+                    self.pending = Some(tokio::task::spawn_blocking(move || {
+                        read_at(&file, offset, want, false)
+                    }));
+                }
+                Source::Reopen { path, identity } => {
+                    let file = open_checked(path, identity)?;
+                    if let Some(bytes) = read_at(&file, self.offset, want, true)? {
+                        return Poll::Ready(Ok(self.advance(bytes)));
+                    }
+                    let offset = self.offset;
+                    self.pending = Some(tokio::task::spawn_blocking(move || {
+                        read_at(&file, offset, want, false)
+                    }));
+                }
+                #[cfg(target_os = "linux")]
+                Source::SendFile { file, .. } => {
+                    // The first byte stands for the chunk: sequential readahead brings in the
+                    // rest with it.
+                    let mut probe = [0u8; 1];
+                    if matches!(read_nowait(file, &mut probe, self.offset), Some(Ok(_))) {
+                        return Poll::Ready(Ok(self.stand_in(want)));
+                    }
+                    let (file, offset) = (Arc::clone(file), self.offset);
+                    self.pending = Some(tokio::task::spawn_blocking(move || {
+                        warm(&file, offset, want).map(|()| None)
+                    }));
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, bytes: Bytes) -> Bytes {
+        self.offset += bytes.len() as u64;
+        self.remaining -= bytes.len() as u64;
+        bytes
+    }
+
+    #[cfg(target_os = "linux")]
+    fn stand_in(&mut self, want: usize) -> Bytes {
+        let Source::SendFile { file, sf } = &self.source else {
+            unreachable!("only sendfile bodies warm up");
+        };
+        let chunk = sf.chunk(file, self.offset, want);
+        self.advance(chunk)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn stand_in(&mut self, _want: usize) -> Bytes {
+        unreachable!("only sendfile bodies warm up")
     }
 }
 
@@ -1070,7 +1231,7 @@ impl http_body::Body for Body {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
@@ -1085,10 +1246,7 @@ impl http_body::Body for Body {
                     return Poll::Ready(None);
                 }
                 let want = f.remaining.min(f.chunk as u64) as usize;
-                // Read right here, like the lookups in `respond`: a chunk from the page cache
-                // is a memory copy of microseconds, where a trip to the blocking pool per
-                // chunk (`tokio::fs`) halved the transfer rate.
-                let chunk = f.read_chunk(want)?;
+                let chunk = std::task::ready!(f.poll_chunk(cx, want))?;
                 // A client that keeps asking gets bigger chunks.
                 f.chunk = f.chunk.max((f.chunk * 2).min(CHUNK));
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
@@ -1123,9 +1281,7 @@ pub(crate) struct StaticService {
 impl<B: Send + 'static> tower_service::Service<Request<B>> for StaticService {
     type Response = Response<Body>;
     type Error = Infallible;
-    /// The answer is computed in `call` (see `Files::respond`), so the future is ready at
-    /// once: no allocation per request.
-    type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+    type Future = Answer;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -1134,9 +1290,47 @@ impl<B: Send + 'static> tower_service::Service<Request<B>> for StaticService {
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // Only the head is needed; the body (never read for GET and HEAD) is dropped here.
         let (parts, _body) = req.into_parts();
-        let resp = self.files.respond(parts);
-        self.metrics.count_response(resp.status());
-        std::future::ready(Ok(resp))
+        // A hot file is answered right here, from memory: no system call, no hand-off.
+        if let Some(resp) = self.files.respond_from_memory(&parts) {
+            self.metrics.count_response(resp.status());
+            return Answer::Ready(Some(resp));
+        }
+        // Anything that touches the disk runs in the blocking pool: a cold or slow disk then
+        // holds up the requests that need it, never a worker thread and the connections on
+        // it. (The pool is bounded: see `serve_here`.)
+        let files = Arc::clone(&self.files);
+        let metrics = Arc::clone(&self.metrics);
+        Answer::Disk(tokio::task::spawn_blocking(move || {
+            let resp = files.respond(parts);
+            metrics.count_response(resp.status());
+            resp
+        }))
+    }
+}
+
+/// The future of one response: ready at once, or waiting for the blocking pool.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Ready(Option<Response<Body>>),
+    Disk(tokio::task::JoinHandle<Response<Body>>),
+}
+
+impl std::future::Future for Answer {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Answer::Ready(resp) => Poll::Ready(Ok(resp.take().expect("polled after it was ready"))),
+            Answer::Disk(task) => {
+                Poll::Ready(Ok(match std::task::ready!(Pin::new(task).poll(cx)) {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a file lookup failed");
+                        text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+                    }
+                }))
+            }
+        }
     }
 }
 

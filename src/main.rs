@@ -439,6 +439,9 @@ async fn replaced(shutdown: lameduck::Shutdown, mode: Mode) {
     std::future::pending().await
 }
 
+/// Most threads in the blocking pool, where file-system work runs.
+const BLOCKING_THREADS: usize = 64;
+
 /// Serves in this process: alone, or as a supervisor's worker.
 fn serve_here(
     settings: Settings,
@@ -458,6 +461,10 @@ fn serve_here(
     } = listeners(&settings)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // File-system work that misses the cache runs in the blocking pool (see
+        // `files::StaticService`): at most this many reads wait on a slow disk at once, and
+        // further ones queue behind them, while hot files are still answered from memory.
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()?;
 
     let files = Arc::new(files);

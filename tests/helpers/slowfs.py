@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""A FUSE passthrough of SOURCE at MOUNT on which the first read of a file named `slow*`
+(the read at offset 0) takes DELAY seconds: a cold, slow disk seeking to a file, for
+lameduck's tests. Usage: slowfs.py SOURCE MOUNT DELAY. Runs in the foreground until
+unmounted or killed."""
+import os
+import sys
+import time
+
+from fuse import FUSE, FuseOSError, Operations
+
+class SlowFS(Operations):
+    def __init__(self, root, delay):
+        self.root, self.delay = root, delay
+    def _p(self, path):
+        return os.path.join(self.root, path.lstrip("/"))
+    def getattr(self, path, fh=None):
+        try:
+            st = os.lstat(self._p(path))
+        except OSError as e:
+            raise FuseOSError(e.errno)
+        return {k: getattr(st, k) for k in ("st_atime", "st_ctime", "st_gid", "st_mode", "st_mtime", "st_nlink", "st_size", "st_uid", "st_ino")}
+    def readdir(self, path, fh):
+        return [".", ".."] + os.listdir(self._p(path))
+    def open(self, path, flags):
+        return os.open(self._p(path), flags)
+    def read(self, path, size, offset, fh):
+        if offset == 0 and os.path.basename(path).startswith("slow"):
+            time.sleep(self.delay)
+        os.lseek(fh, offset, os.SEEK_SET)
+        return os.read(fh, size)
+    def release(self, path, fh):
+        os.close(fh)
+    def readlink(self, path):
+        return os.readlink(self._p(path))
+
+if __name__ == "__main__":
+    src, mnt, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    FUSE(SlowFS(src, delay), mnt, foreground=True, nothreads=False, ro=True)
