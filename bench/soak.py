@@ -109,7 +109,7 @@ def run(ctx, seconds, outdir):
     try:
         wait_listening(port, proc)
         wait_listening(admin, proc)
-        wrk = subprocess.Popen(["wrk", "-t1", "-c16", f"-d{seconds}s", "--latency",
+        wrk = subprocess.Popen(["wrk", "-t1", "-c16", f"-d{int(seconds)}s", "--latency",
                                 f"http://127.0.0.1:{port}/index.html"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for fn in (closer, loris, bad):
@@ -149,6 +149,8 @@ def run(ctx, seconds, outdir):
     avg = lambda xs, k: sum(x[k] for x in xs) / len(xs) if xs else None  # noqa: E731
     result = {"seconds": seconds, "server_alive": alive, **counts,
               "wrk_requests": int(m.group(1)) if m else None,
+              # What wrk said, when its count could not be read from it.
+              "wrk_output": None if m else out[-2000:],
               "wrk_errors": (sum(int(x) for x in errs.groups()) if errs else 0) + (int(non2xx.group(1)) if non2xx else 0),
               "rss_kib_first": avg(minute, "rss_kib"), "rss_kib_last": avg(last, "rss_kib"),
               "fds_first": avg(minute, "fds"), "fds_last": avg(last, "fds"),
