@@ -490,7 +490,9 @@ fn serve_here(
         .lame_duck(settings.lame_duck)
         .header_timeout(settings.header_timeout)
         .idle_timeout(settings.idle_timeout)
-        .write_timeout(settings.write_timeout);
+        .write_timeout(settings.write_timeout)
+        // Large files go out by `sendfile` on plain HTTP/1 (see `files::Source::SendFile`).
+        .sendfile(true);
     for listener in listeners {
         serve = serve.listener(listener);
     }

@@ -99,6 +99,7 @@ pub fn serve<S>(listener: impl IntoListener, service: S) -> Serve<S> {
         max_header_size: DEFAULT_MAX_HEADER_SIZE,
         max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         close_idle_at_limit: true,
+        sendfile: false,
         tls: None,
     }
 }
@@ -113,6 +114,7 @@ pub struct Serve<S> {
     max_header_size: usize,
     max_concurrent_streams: u32,
     close_idle_at_limit: bool,
+    sendfile: bool,
     tls: Option<TlsSetup>,
 }
 
@@ -203,6 +205,14 @@ impl<S> Serve<S> {
     /// holding idle connections can keep everyone else waiting for the idle timeout.
     pub fn close_idle_at_limit(mut self, on: bool) -> Self {
         self.close_idle_at_limit = on;
+        self
+    }
+
+    /// Offers the [`SendFile`] extension on plain-TCP HTTP/1 requests (Linux; default off),
+    /// so response bodies can have the kernel send file ranges with `sendfile(2)`. Off, no
+    /// request pays for the extension.
+    pub fn sendfile(mut self, on: bool) -> Self {
+        self.sendfile = on;
         self
     }
 
@@ -318,6 +328,7 @@ where
             keep_alive_grace: self.keep_alive_grace,
             admission: self.server.admission(),
             close_idle_at_limit: self.close_idle_at_limit,
+            sendfile: self.sendfile,
         });
         let service = self.service;
         self.server
@@ -372,6 +383,7 @@ struct Shared {
     keep_alive_grace: Duration,
     admission: crate::Admission,
     close_idle_at_limit: bool,
+    sendfile: bool,
 }
 
 tokio::task_local! {
@@ -421,7 +433,7 @@ where
         inner: service,
         conn: conn.clone(),
         state: Arc::clone(&state),
-        sendfile: shared.tls.is_none(),
+        sendfile: shared.sendfile && shared.tls.is_none(),
     };
     CONN.scope(ctx, async move {
         // The TLS handshake, if any, runs here: under the connection's permit, counted, cut

@@ -131,9 +131,16 @@ impl Drop for Site {
 }
 
 fn start(dir: PathBuf) -> (SocketAddr, lameduck::Shutdown, tokio::task::JoinHandle<()>) {
+    start_with(dir, true)
+}
+
+fn start_with(
+    dir: PathBuf,
+    sendfile: bool,
+) -> (SocketAddr, lameduck::Shutdown, tokio::task::JoinHandle<()>) {
     let listener = lameduck::listen::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
-    let serve = lameduck::http::serve(listener, Files { dir });
+    let serve = lameduck::http::serve(listener, Files { dir }).sendfile(sendfile);
     let shutdown = serve.shutdown_handle();
     let task = tokio::spawn(async move {
         serve.await.expect("serve");
@@ -305,6 +312,26 @@ async fn http2_requests_get_no_sendfile_extension() {
 
     drop(client);
     conn.abort();
+    shutdown.trigger();
+    timeout(WAIT, task).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_option_no_request_gets_the_extension() {
+    let site = Site::new("sendfile-off");
+    let a = pattern(1 << 20, 5);
+    std::fs::write(site.dir.join("a"), &a).unwrap();
+    let (addr, shutdown, task) = start_with(site.dir.clone(), false);
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let (head, body) = read_response(&mut stream, &mut buf).await;
+    assert!(head.contains("x-body: read"), "{head}");
+    assert!(body == a, "file a differs");
+    drop(stream);
     shutdown.trigger();
     timeout(WAIT, task).await.unwrap().unwrap();
 }

@@ -115,7 +115,8 @@ fn sendfile(
     Ok(n as usize)
 }
 
-/// Request extension offered on plain-TCP HTTP/1 connections (Linux): lets the response
+/// Request extension offered on plain-TCP HTTP/1 connections (Linux) of a server built with
+/// [`Serve::sendfile`](super::Serve::sendfile)`(true)`: lets the response
 /// body send a file's bytes with `sendfile(2)`, straight from the page cache, instead of
 /// reading them into memory and writing them out.
 ///
