@@ -594,6 +594,9 @@ fn serve_here(
         }
         report
     })?;
+    // A file read still waiting on a hung disk must not hold the exit: the blocking pool is
+    // given a moment, then left behind.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     tracing::info!(
         accepted = report.accepted,
         completed = report.completed,

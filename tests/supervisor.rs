@@ -442,8 +442,10 @@ fn lameduck_run_takes_a_program_that_never_notifies_as_ready_after_the_delay() {
         "run",
         "--listen",
         "127.0.0.1:0",
+        // Long enough for Python to start and take the socket on a loaded machine (300 ms
+        // was not, now and then): until it does, the old worker is still the one serving.
         "--ready-delay",
-        "300ms",
+        "1s",
         "--",
         "python3",
     ])
