@@ -415,34 +415,22 @@ impl Files {
                 Err(e) => return self.failure(&e, &path),
             }
         } else {
+            let file = Arc::new(file);
             // Plain HTTP/1 on Linux: the kernel sends the file from the page cache
             // (`sendfile`), with no copy through this process.
             #[cfg(target_os = "linux")]
-            if let Some(sf) = req.extensions.get::<lameduck::http::SendFile>() {
-                return file_response(
-                    Body::File(FileStream::new(
-                        Source::SendFile {
-                            file: Arc::new(file),
-                            sf: sf.clone(),
-                        },
-                        start,
-                        count,
-                        lameduck::http::SENDFILE_MAX_CHUNK,
-                    )),
-                    base,
-                    content_type,
-                    encoding,
-                    range,
-                    len,
-                );
-            }
-            // Read at its offset: no seek needed.
-            Body::File(FileStream::new(
-                Source::Open(Arc::new(file)),
-                start,
-                count,
-                CHUNK,
-            ))
+            let sent = req.extensions.get::<lameduck::http::SendFile>().map(|sf| {
+                let source = Source::SendFile {
+                    file: Arc::clone(&file),
+                    sf: sf.clone(),
+                };
+                (source, lameduck::http::SENDFILE_MAX_CHUNK)
+            });
+            #[cfg(not(target_os = "linux"))]
+            let sent = None;
+            // Otherwise read at its offset: no seek needed.
+            let (source, chunk) = sent.unwrap_or((Source::Open(file), CHUNK));
+            Body::File(FileStream::new(source, start, count, chunk))
         };
         file_response(body, base, content_type, encoding, range, len)
     }
@@ -974,7 +962,7 @@ enum Source {
 }
 
 /// What makes "the same file, unchanged": the inode, its size and its modification time.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 struct FileIdentity {
     dev: u64,
     ino: u64,

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -714,20 +714,15 @@ where
 /// come first, then the stream itself.
 struct ConnIo {
     inner: Io,
-    /// What the sniffing read; emptied (and freed) once hyper has taken it.
-    head: Vec<u8>,
-    /// How much of `head` holds bytes read, and how much of that hyper has taken.
-    head_len: usize,
-    head_pos: usize,
+    /// What the sniffing read and hyper has not taken yet; freed once it has all of it.
+    head: BytesMut,
 }
 
 impl ConnIo {
     fn new(inner: Io) -> Self {
         ConnIo {
             inner,
-            head: Vec::new(),
-            head_len: 0,
-            head_pos: 0,
+            head: BytesMut::new(),
         }
     }
 
@@ -748,24 +743,23 @@ impl ConnIo {
     /// Cancel safe: what was read stays in `head`.
     fn poll_sniff(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Proto>> {
         loop {
-            let seen = &self.head[..self.head_len];
-            let n = seen.len().min(H2_PREFACE.len());
-            if seen[..n] != H2_PREFACE[..n] {
+            let n = self.head.len().min(H2_PREFACE.len());
+            if self.head[..n] != H2_PREFACE[..n] {
                 return Poll::Ready(Ok(Proto::Http1));
             }
             if n == H2_PREFACE.len() {
                 return Poll::Ready(Ok(Proto::Http2));
             }
-            if self.head.is_empty() {
-                self.head = vec![0; SNIFF_READ];
-            }
-            let mut buf = ReadBuf::new(&mut self.head[self.head_len..]);
-            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
+            let filled = self.head.len();
+            self.head.resize(SNIFF_READ, 0);
+            let mut buf = ReadBuf::new(&mut self.head[filled..]);
+            let poll = Pin::new(&mut self.inner).poll_read(cx, &mut buf);
             let got = buf.filled().len();
+            self.head.truncate(filled + got);
+            ready!(poll)?;
             if got == 0 {
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
-            self.head_len += got;
         }
     }
 }
@@ -777,14 +771,12 @@ impl AsyncRead for ConnIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.head_pos < this.head_len {
-            let n = (this.head_len - this.head_pos).min(buf.remaining());
-            buf.put_slice(&this.head[this.head_pos..this.head_pos + n]);
-            this.head_pos += n;
-            if this.head_pos == this.head_len {
-                this.head = Vec::new();
-                this.head_len = 0;
-                this.head_pos = 0;
+        if !this.head.is_empty() {
+            let n = this.head.len().min(buf.remaining());
+            buf.put_slice(&this.head.split_to(n));
+            if this.head.is_empty() {
+                // Give the buffer back: an idle connection keeps none.
+                this.head = BytesMut::new();
             }
             return Poll::Ready(Ok(()));
         }

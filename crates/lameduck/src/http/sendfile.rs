@@ -145,7 +145,8 @@ fn sendfile(
 /// as deploys do, and every response carries one version whole.
 #[derive(Clone)]
 pub struct SendFile {
-    queue: Arc<super::ConnState>,
+    /// The connection's state, which holds its queue of file ranges.
+    state: Arc<super::ConnState>,
 }
 
 impl std::fmt::Debug for SendFile {
@@ -156,7 +157,7 @@ impl std::fmt::Debug for SendFile {
 
 impl SendFile {
     pub(super) fn new(state: Arc<super::ConnState>) -> Self {
-        SendFile { queue: state }
+        SendFile { state }
     }
 
     /// A stand-in chunk for `len` bytes of `file` from `offset` (at most [`MAX_CHUNK`]
@@ -166,7 +167,7 @@ impl SendFile {
         if len == 0 {
             return Bytes::new();
         }
-        self.queue.sendfile.push(Job {
+        self.state.sendfile.push(Job {
             file: Arc::clone(file),
             offset,
             remaining: len,
