@@ -3,7 +3,7 @@
 //! at once while several slow reads are in flight, more of them than it has worker threads.
 //! Also the large-file path (`sendfile` warmed in the blocking pool) and the HTTP/2 path
 //! (chunks read in the pool when the page cache cannot answer). Needs python3 with fusepy,
-//! `fusermount` and /dev/fuse (`.ci/run` installs them).
+//! `fusermount`, /dev/fuse and curl (`.ci/run` installs them).
 #![cfg(target_os = "linux")]
 
 mod util;
@@ -89,6 +89,20 @@ fn hot_files_are_answered_while_slow_disk_reads_are_in_flight() {
             let _ = done_tx.send((path, resp.status, resp.body, started.elapsed()));
         });
     }
+    // And the large one over HTTP/2 (curl, prior knowledge): chunks read in the pool.
+    {
+        let done_tx = done_tx.clone();
+        std::thread::spawn(move || {
+            let out = Command::new("curl")
+                .args(["--http2-prior-knowledge", "-s", "--max-time", "60"])
+                .arg(format!("http://{addr}/slow-large.bin"))
+                .stdin(Stdio::null())
+                .output()
+                .expect("curl");
+            let status = if out.status.success() { 200 } else { 0 };
+            let _ = done_tx.send(("h2 /slow-large.bin", status, out.stdout, started.elapsed()));
+        });
+    }
     drop(done_tx);
     std::thread::sleep(Duration::from_millis(300));
     // While they wait on the disk, the hot file is answered: every one of these answers
@@ -105,7 +119,11 @@ fn hot_files_are_answered_while_slow_disk_reads_are_in_flight() {
     let mut finished = 0;
     while let Ok((path, status, body, at)) = done.recv_timeout(Duration::from_secs(60)) {
         assert_eq!(status, 200, "{path}");
-        let want = if path == "/slow.bin" { &small } else { &large };
+        let want = if path.ends_with("/slow.bin") {
+            &small
+        } else {
+            &large
+        };
         assert!(body == *want, "{path}: the bytes differ");
         assert!(
             at > fast_by,
@@ -113,6 +131,6 @@ fn hot_files_are_answered_while_slow_disk_reads_are_in_flight() {
         );
         finished += 1;
     }
-    assert_eq!(finished, 4, "every slow request is answered");
+    assert_eq!(finished, 5, "every slow request is answered");
     println!("hot requests answered by {fast_by:?}; slow ones then finished");
 }
