@@ -44,17 +44,15 @@ def rss_kib(pid):
     return total
 
 
-def idle_rss(pid, port, n, path="/", wrap=None):
-    """RSS (KiB) of `pid` and its children before, and while holding, `n` idle keep-alive
-    connections to 127.0.0.1:port, each after one request for `path` (so each is an idle
-    keep-alive connection from then on). `wrap(socket)` may turn a socket into a TLS one."""
-    time.sleep(0.5)
-    before = rss_kib(pid)
+def open_idle(port, n, path="/", wrap=None, timeout=10.0):
+    """`n` keep-alive connections to 127.0.0.1:port, each after one answered request for
+    `path` (so each is idle from then on); the caller closes them. `wrap(socket)` may turn a
+    socket into a TLS one. Bounded by `timeout` per connection."""
     req = f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
     socks = []
     try:
         for _ in range(n):
-            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
             if wrap is not None:
                 s = wrap(s)
             s.sendall(req)
@@ -66,6 +64,20 @@ def idle_rss(pid, port, n, path="/", wrap=None):
                 if not chunk:
                     break
                 got += chunk
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+def idle_rss(pid, port, n, path="/", wrap=None):
+    """RSS (KiB) of `pid` and its children before, and while holding, `n` idle keep-alive
+    connections to 127.0.0.1:port (see `open_idle`)."""
+    time.sleep(0.5)
+    before = rss_kib(pid)
+    socks = open_idle(port, n, path, wrap)
+    try:
         time.sleep(1.0)
         return before, rss_kib(pid)
     finally:

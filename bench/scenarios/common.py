@@ -23,6 +23,7 @@ if BENCH not in sys.path:
 
 from benchlib import free_port, stop, wait_listening  # noqa: E402
 import static  # noqa: E402  (its starters: start_lameduck, start_nginx, start_caddy, start_sws)
+from idle_conns import open_idle  # noqa: E402,F401  (used by the scenarios through this module)
 
 SMALL = b"<!DOCTYPE html><html><body><h1>Hello</h1><p>A small static file.</p></body></html>\n"
 
@@ -240,30 +241,6 @@ def cpu_and_switches(pid):
         except OSError:
             pass
     return ticks, switches, threads
-
-
-def open_idle(port, n, path="/", timeout=10.0):
-    """`n` keep-alive connections to 127.0.0.1:port, each after one answered request (so each
-    is idle from then on); the caller closes them. Bounded by `timeout` per connection."""
-    req = f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-            s.sendall(req)
-            socks.append(s)
-        for s in socks:
-            got = b""
-            while b"\r\n\r\n" not in got:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                got += chunk
-    except BaseException:
-        for s in socks:
-            s.close()
-        raise
-    return socks
 
 
 def wait_exit(proc, bound):
