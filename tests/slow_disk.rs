@@ -124,7 +124,15 @@ fn hot_files_are_answered_while_slow_disk_reads_are_in_flight() {
         } else {
             &large
         };
-        assert!(body == *want, "{path}: the bytes differ");
+        let differ = body.iter().zip(want.iter()).position(|(a, b)| a != b);
+        assert!(
+            body == *want,
+            "{path}: the bytes differ: {} bytes of {}, first difference at {differ:?}: {:?} for {:?}",
+            body.len(),
+            want.len(),
+            differ.map(|i| &body[i..(i + 12).min(body.len())]),
+            differ.map(|i| &want[i..(i + 12).min(want.len())])
+        );
         assert!(
             at > fast_by,
             "{path} answered at {at:?}, hot ones by {fast_by:?}"

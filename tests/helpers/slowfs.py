@@ -27,8 +27,8 @@ class SlowFS(Operations):
     def read(self, path, size, offset, fh):
         if offset == 0 and os.path.basename(path).startswith("slow"):
             time.sleep(self.delay)
-        os.lseek(fh, offset, os.SEEK_SET)
-        return os.read(fh, size)
+        # Positional: the kernel sends reads of one open file from several threads at once.
+        return os.pread(fh, size, offset)
     def release(self, path, fh):
         os.close(fh)
     def readlink(self, path):
