@@ -29,7 +29,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::{Future, IntoFuture};
-use std::io;
+use std::io::{self, Read as _, Write as _};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -1214,6 +1214,10 @@ struct TimedIo {
     /// at the limit, and the listener for that, registered while the connection sits idle.
     room: Option<crate::Admission>,
     room_listener: Option<event_listener::EventListener>,
+    /// Reads, then writes, go straight to the socket until the first one would block; from
+    /// then on through tokio's readiness. See [`TimedIo::optimistic`].
+    optimistic_read: bool,
+    optimistic_write: bool,
 }
 
 impl TimedIo {
@@ -1237,7 +1241,33 @@ impl TimedIo {
             forced_write: None,
             room,
             room_listener: None,
+            optimistic_read: true,
+            optimistic_write: true,
         }
+    }
+
+    /// One system call straight on the socket, before tokio has heard from epoll about it.
+    ///
+    /// A socket just accepted is registered with epoll, but tokio knows it as neither readable
+    /// nor writable until the driver has polled it: the first read would wait a trip through
+    /// `epoll_wait` (and often a wake of another worker) even when the request is already
+    /// in the socket, as it is for most clients, and so would the first write into an empty
+    /// send buffer. Trying the call first saves that trip per connection; the first
+    /// `WouldBlock` ends it for that direction (`None`), and tokio's readiness takes over. A
+    /// readiness tokio holds from before is then at worst stale: one call that finds
+    /// nothing, and tokio waits for the next edge.
+    fn optimistic<T>(
+        flag: &mut bool,
+        mut call: impl FnMut() -> io::Result<T>,
+    ) -> Option<io::Result<T>> {
+        while *flag {
+            match call() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => *flag = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                result => return Some(result),
+            }
+        }
+        None
     }
 
     /// Called when a read is pending: fails (so the connection closes) if the connection is
@@ -1398,7 +1428,22 @@ impl AsyncRead for TimedIo {
             return Poll::Ready(Err(e));
         }
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        let sock = socket2::SockRef::from(&this.inner);
+        let direct = Self::optimistic(&mut this.optimistic_read, || {
+            (&*sock).read(buf.initialize_unfilled())
+        });
+        let poll = match direct {
+            Some(result) => Poll::Ready(result.map(|n| {
+                // A short read drained the socket, as far as anyone can tell: the next read
+                // waits for tokio's readiness rather than finding nothing (tokio's rule too).
+                if n < buf.remaining() {
+                    this.optimistic_read = false;
+                }
+                buf.advance(n);
+            })),
+            None => Pin::new(&mut this.inner).poll_read(cx, buf),
+        };
+        match poll {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     this.state.on_read();
@@ -1433,6 +1478,10 @@ impl AsyncWrite for TimedIo {
             let poll = this.poll_sendfile(cx, buf.len());
             return this.poll_write_side(cx, poll);
         }
+        let sock = socket2::SockRef::from(&this.inner);
+        if let Some(result) = Self::optimistic(&mut this.optimistic_write, || (&*sock).write(buf)) {
+            return Poll::Ready(result);
+        }
         let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.poll_write_side(cx, poll)
     }
@@ -1457,6 +1506,12 @@ impl AsyncWrite for TimedIo {
             };
             return this.poll_write_side(cx, poll);
         }
+        let sock = socket2::SockRef::from(&this.inner);
+        if let Some(result) =
+            Self::optimistic(&mut this.optimistic_write, || (&*sock).write_vectored(bufs))
+        {
+            return Poll::Ready(result);
+        }
         let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.poll_write_side(cx, poll)
     }
@@ -1473,6 +1528,13 @@ impl AsyncWrite for TimedIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // hyper shuts the write side down just before it drops the connection, and closing
+        // the socket (the only descriptor for it) sends the same FIN after the same bytes: one
+        // system call fewer per connection. An upgraded socket is the application's, which
+        // may half-close and go on reading: that one is shut down for real.
+        if !this.state.upgraded.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
         let poll = Pin::new(&mut this.inner).poll_shutdown(cx);
         this.poll_write_side(cx, poll)
     }

@@ -1,0 +1,269 @@
+//! The per-connection path that skips work: the accept loop moved onto a runtime worker when
+//! `serve` is awaited from `block_on`, the first read and write made straight on the socket
+//! before tokio has heard from epoll, and hyper's write-side shutdown left to the close. Each
+//! shortcut must not change what a client sees: requests arriving in pieces or pipelined, a
+//! keep-alive client coming back after a pause, `Connection: close` ending in a clean EOF, an
+//! upgraded socket that half-closes, and a dropped `serve` future that stops the server at once.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, ThreadId};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use axum::routing::get;
+use hyper::StatusCode;
+use hyper_util::rt::TokioIo;
+use lameduck::Phase;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn listener() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    (l, addr)
+}
+
+fn client(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// Reads one response with a `content-length` body; returns the head and the body.
+fn read_response(s: &mut TcpStream, pending: &mut Vec<u8>) -> (String, String) {
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .expect("content-length");
+            while pending.len() < end + 4 + len {
+                read_more(s, pending);
+            }
+            let body = String::from_utf8_lossy(&pending[end + 4..end + 4 + len]).into_owned();
+            pending.drain(..end + 4 + len);
+            return (head, body);
+        }
+        read_more(s, pending);
+    }
+}
+
+fn read_more(s: &mut TcpStream, pending: &mut Vec<u8>) {
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).expect("an answer in time");
+    assert!(
+        n > 0,
+        "closed early; got {:?}",
+        String::from_utf8_lossy(pending)
+    );
+    pending.extend_from_slice(&buf[..n]);
+}
+
+fn app() -> Router {
+    Router::new()
+        .route("/", get(|| async { "root" }))
+        .route("/a", get(|| async { "aaa" }))
+        .route("/b", get(|| async { "bbb" }))
+        .route("/upgrade", get(upgrade))
+}
+
+/// Switches protocols; the upgraded socket then says "bye", shuts its write side down and
+/// reads on: whatever the client sends after seeing the EOF is echoed to the test.
+async fn upgrade(mut req: Request) -> Response {
+    let heard = req
+        .extensions()
+        .get::<Heard>()
+        .cloned()
+        .expect("the test's channel");
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let mut io = TokioIo::new(on.await.expect("upgraded"));
+        io.write_all(b"bye").await.unwrap();
+        io.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(WAIT, io.read_to_end(&mut rest)).await;
+        let _ = heard.0.send(rest);
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "test")
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[derive(Clone)]
+struct Heard(tokio::sync::mpsc::UnboundedSender<Vec<u8>>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pieces_pipelining_pauses_and_close_are_answered_as_before() {
+    let (l, addr) = listener();
+    let serve = lameduck::http::serve(l, app());
+    let shutdown = serve.shutdown_handle();
+    let server = tokio::spawn(serve.into_future());
+
+    let checks = tokio::task::spawn_blocking(move || {
+        // The request line in two pieces, the second after the server has had time to read
+        // the first: the first read is short, and the rest comes through tokio's readiness.
+        let mut s = client(addr);
+        let mut pending = Vec::new();
+        s.write_all(b"GET / HT").unwrap();
+        thread::sleep(Duration::from_millis(100));
+        s.write_all(b"TP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let (head, body) = read_response(&mut s, &mut pending);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, "root");
+
+        // Two requests in one write: both answered, in order.
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut s, &mut pending).1, "aaa");
+        assert_eq!(read_response(&mut s, &mut pending).1, "bbb");
+
+        // A pause, then the next request on the same connection: it must wake the server.
+        thread::sleep(Duration::from_millis(300));
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut s, &mut pending).1, "aaa");
+
+        // `Connection: close`, sent whole at once: the answer, then a clean EOF (no reset).
+        for _ in 0..20 {
+            let mut s = client(addr);
+            s.write_all(b"GET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).expect("EOF, not a reset");
+            let text = String::from_utf8_lossy(&all);
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            assert!(text.ends_with("\r\n\r\nbbb"), "{text}");
+        }
+    });
+    tokio::time::timeout(WAIT * 3, checks)
+        .await
+        .expect("checks in time")
+        .unwrap();
+    shutdown.trigger();
+    let report = tokio::time::timeout(WAIT, server)
+        .await
+        .expect("stopped in time")
+        .unwrap()
+        .unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.accepted, 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_socket_still_half_closes() {
+    let (l, addr) = listener();
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let app = app().layer(axum::Extension(Heard(tx)));
+    let serve = lameduck::http::serve(l, app);
+    let shutdown = serve.shutdown_handle();
+    let server = tokio::spawn(serve.into_future());
+
+    let client = tokio::task::spawn_blocking(move || {
+        let mut s = client(addr);
+        s.write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: test\r\n\r\n",
+        )
+        .unwrap();
+        let mut all = Vec::new();
+        // The application's shutdown reaches us as an EOF while the socket is still open...
+        s.read_to_end(&mut all).expect("EOF from the half-close");
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+        assert!(text.ends_with("bye"), "{text}");
+        // ...and its read side still takes what we send.
+        s.write_all(b"after the half-close").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    tokio::time::timeout(WAIT, client)
+        .await
+        .expect("client in time")
+        .unwrap();
+    let rest = tokio::time::timeout(WAIT, heard.recv())
+        .await
+        .expect("the application read on")
+        .unwrap();
+    assert_eq!(rest, b"after the half-close");
+    shutdown.trigger();
+    tokio::time::timeout(WAIT, server)
+        .await
+        .expect("stopped in time")
+        .unwrap()
+        .unwrap();
+}
+
+/// `#[tokio::main]`'s shape: `serve` awaited by `block_on` on a multi-thread runtime. The
+/// accept loop (where `Server::serve`'s handler is called) runs on a worker, not on the
+/// thread in `block_on`; and dropping the future still stops the server before the drop
+/// returns.
+#[test]
+fn served_from_block_on_the_accept_loop_runs_on_a_worker() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("test-worker")
+        .enable_all()
+        .build()
+        .unwrap();
+    let main = thread::current().id();
+    let callers: Arc<Mutex<Vec<(ThreadId, Option<String>)>>> = Arc::default();
+    let (l, addr) = listener();
+    let server = lameduck::Server::new().listener(l);
+    let shutdown = server.shutdown_handle();
+    let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+    let clients = thread::spawn(move || {
+        for _ in 0..5 {
+            let mut s = client(addr);
+            s.write_all(b"ping").unwrap();
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"ping");
+        }
+        let _ = done_tx.send(());
+    });
+    let recorded = Arc::clone(&callers);
+    runtime.block_on(async move {
+        let serve = server.serve(move |mut stream, _conn| {
+            let t = thread::current();
+            recorded
+                .lock()
+                .unwrap()
+                .push((t.id(), t.name().map(str::to_owned)));
+            async move {
+                let mut buf = [0u8; 4];
+                stream.read_exact(&mut buf).await?;
+                stream.write_all(&buf).await
+            }
+        });
+        tokio::select! {
+            r = serve => panic!("serve ended on its own: {r:?}"),
+            r = tokio::time::timeout(WAIT, done) => r.expect("clients in time").unwrap(),
+        }
+        // Dropped by `select!`: stopped already, as documented.
+        assert_eq!(shutdown.phase(), Phase::Stopped);
+    });
+    clients.join().unwrap();
+    let callers = callers.lock().unwrap();
+    assert_eq!(callers.len(), 5);
+    for (id, name) in callers.iter() {
+        assert_ne!(*id, main, "the accept loop ran on the block_on thread");
+        assert_eq!(name.as_deref(), Some("test-worker"));
+    }
+    // And the listener is gone soon after (the task is dropped on a worker).
+    drop(runtime);
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "the listener outlived the server"
+    );
+}
