@@ -16,22 +16,23 @@ REASONS = {
         "with a lifecycle.",
     ("throughput", "hello", "close"):
         "with `Connection: close` a request costs a connection: accept, an epoll registration "
-        "and its removal, a task, a wake-up of the other worker thread, the close. About three "
-        "quarters of the server's CPU is then in the kernel (`perf record -g`), and raw hyper "
-        "and axum pay the same tokio + hyper costs: the differences here are within a few "
-        "percent, about the run-to-run noise.",
+        "and its removal, a task, the close; about three quarters of the server's CPU is then in "
+        "the kernel (`perf record -g`). lameduck runs its accept loop on a runtime worker and "
+        "makes a connection's first read and write without waiting for epoll; axum::serve and "
+        "the raw hyper loop here accept on the thread in `block_on`, which costs them a "
+        "cross-thread wake-up per connection. What is left between them is within the "
+        "run-to-run noise.",
     ("throughput", "static", "keep-alive"):
         "no cause recorded for this one: profile it (`perf record -g` on `lameduck serve` under "
         "the same wrk command).",
     ("throughput", "static", "close"):
-        "measured per request (server CPU over wrk's count): nginx about 31 µs, lameduck serve "
-        "35 to 37 µs, three quarters of it in the kernel (accept, TCP, shutdown, epoll_ctl "
-        "add and delete, futex wake-ups between tokio's two workers; nginx's two processes "
-        "each sleep in their own epoll_wait and never wake each other). Raw hyper and axum "
-        "serving a hello route are at lameduck's rate (the table above), so the gap is the "
-        "tokio + hyper connection model's, not lameduck's bookkeeping; two single-worker "
-        "lameduck processes on one socket (shared, or SO_REUSEPORT) were no better (41 to 44 "
-        "µs).",
+        "measured per request (server CPU over wrk's count), lameduck serve and nginx both take "
+        "31 to 36 µs, three quarters of it in the kernel. lameduck makes about 9 system calls per "
+        "connection (accept, epoll_ctl add and delete, one read that finds the request, one that "
+        "finds nothing while the answer is made, the write, TCP_NODELAY, the close, and a "
+        "wake-up of the other worker every few connections); nginx makes about 11 (it opens, "
+        "stats, sends and closes the file each time) but no thread ever wakes another. At equal "
+        "cost per connection the ratio is decided by the run-to-run noise.",
     ("throughput", "blocking", "keep-alive"):
         "blocking_http serves a connection on one of its 4 worker threads for up to 100 "
         "requests: with 50 wrk connections, 46 wait in the backlog at any time.",
