@@ -304,7 +304,7 @@ where
     /// # Cancel safety
     /// As [`Server::serve`]: dropping the future forces, then stops, and counts the cut
     /// connections as forced.
-    pub async fn run(self) -> Result<Report, Error> {
+    pub async fn run(mut self) -> Result<Report, Error> {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())
@@ -325,6 +325,11 @@ where
             http2,
             tls: self.tls,
             timeouts: self.timeouts,
+            // `TCP_NODELAY` is set by the connection's socket wrapper, not by the accept loop:
+            // just before the second write (the first cannot be held back by Nagle, nothing
+            // of the connection's is in flight yet), so a connection that answers once and
+            // closes makes one system call fewer.
+            nodelay: std::mem::replace(&mut self.server.lifecycle.nodelay, false),
             keep_alive_grace: self.keep_alive_grace,
             admission: self.server.admission(),
             close_idle_at_limit: self.close_idle_at_limit,
@@ -380,6 +385,8 @@ struct Shared {
     http2: hyper::server::conn::http2::Builder<TrackedExecutor>,
     tls: Option<TlsSetup>,
     timeouts: Timeouts,
+    /// Whether connections get `TCP_NODELAY` (set by [`TimedIo`], not at the accept).
+    nodelay: bool,
     keep_alive_grace: Duration,
     admission: crate::Admission,
     close_idle_at_limit: bool,
@@ -422,13 +429,18 @@ where
         _slot: slot,
         shutdown: conn.shutdown().clone(),
     };
-    let timed = TimedIo::new(
+    let mut timed = TimedIo::new(
         stream,
         Arc::clone(&state),
         shared.timeouts.write,
         ctx.clone(),
         shared.close_idle_at_limit.then(|| shared.admission.clone()),
     );
+    timed.nodelay = if shared.nodelay {
+        Nodelay::BeforeSecondWrite
+    } else {
+        Nodelay::Off
+    };
     let service = LifecycleService {
         inner: service,
         conn: conn.clone(),
@@ -1218,6 +1230,20 @@ struct TimedIo {
     /// then on through tokio's readiness. See [`TimedIo::optimistic`].
     optimistic_read: bool,
     optimistic_write: bool,
+    nodelay: Nodelay,
+}
+
+/// Where a connection is on its way to `TCP_NODELAY`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Nodelay {
+    /// Not wanted.
+    Off,
+    /// Wanted, and set just before the second write.
+    BeforeSecondWrite,
+    /// Wanted, and set before the next write.
+    BeforeNextWrite,
+    /// Set (or tried: a failure is not fatal, the connection works without it).
+    Done,
 }
 
 impl TimedIo {
@@ -1243,6 +1269,19 @@ impl TimedIo {
             room_listener: None,
             optimistic_read: true,
             optimistic_write: true,
+            nodelay: Nodelay::Off,
+        }
+    }
+
+    /// Called before every write: moves toward `TCP_NODELAY`, setting it before the second.
+    fn before_write(&mut self) {
+        match self.nodelay {
+            Nodelay::Off | Nodelay::Done => {}
+            Nodelay::BeforeSecondWrite => self.nodelay = Nodelay::BeforeNextWrite,
+            Nodelay::BeforeNextWrite => {
+                let _ = self.inner.set_nodelay(true);
+                self.nodelay = Nodelay::Done;
+            }
         }
     }
 
@@ -1473,6 +1512,7 @@ impl AsyncWrite for TimedIo {
         if let Some(e) = this.forced_now() {
             return Poll::Ready(Err(e));
         }
+        this.before_write();
         #[cfg(target_os = "linux")]
         if sendfile::is_stand_in(buf) {
             let poll = this.poll_sendfile(cx, buf.len());
@@ -1495,6 +1535,7 @@ impl AsyncWrite for TimedIo {
         if let Some(e) = this.forced_now() {
             return Poll::Ready(Err(e));
         }
+        this.before_write();
         // Stand-ins go out by `sendfile`; what comes before the first of them by `writev`.
         // One system call per poll: hyper polls again for the rest.
         #[cfg(target_os = "linux")]

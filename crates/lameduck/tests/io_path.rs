@@ -267,3 +267,56 @@ fn served_from_block_on_the_accept_loop_runs_on_a_worker() {
         "the listener outlived the server"
     );
 }
+
+/// `TCP_NODELAY` of the server's end of the connection whose client end is `client`: the
+/// server runs in this process, so its socket is one of this process's descriptors.
+#[allow(unsafe_code)]
+fn server_nodelay(client: &TcpStream) -> bool {
+    use std::os::fd::BorrowedFd;
+    let peer = client.local_addr().unwrap();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let Ok(fd) = entry.unwrap().file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: the descriptor is only borrowed for these two calls; one closed meanwhile
+        // (another test's) makes them fail, which is skipped.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let sock = socket2::SockRef::from(&fd);
+        let Ok(addr) = sock.peer_addr() else { continue };
+        if addr.as_socket() == Some(peer) {
+            return sock.tcp_nodelay().unwrap();
+        }
+    }
+    panic!("no server socket for {peer}");
+}
+
+/// The first write of a connection goes out without `TCP_NODELAY` (Nagle cannot hold it:
+/// nothing of the connection's is in flight); it is set before the second, so no later write
+/// waits for an acknowledgement. `nodelay(false)` leaves it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_nodelay_is_set_before_the_second_write() {
+    for wanted in [true, false] {
+        let (l, addr) = listener();
+        let serve = lameduck::http::serve(l, app()).nodelay(wanted);
+        let shutdown = serve.shutdown_handle();
+        let server = tokio::spawn(serve.into_future());
+        tokio::task::spawn_blocking(move || {
+            let mut s = client(addr);
+            let mut pending = Vec::new();
+            s.write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            assert_eq!(read_response(&mut s, &mut pending).1, "aaa");
+            assert!(!server_nodelay(&s), "set before the first write was done");
+            s.write_all(b"GET /b HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            assert_eq!(read_response(&mut s, &mut pending).1, "bbb");
+            assert_eq!(server_nodelay(&s), wanted);
+        })
+        .await
+        .unwrap();
+        shutdown.trigger();
+        tokio::time::timeout(WAIT, server)
+            .await
+            .expect("stopped in time")
+            .unwrap()
+            .unwrap();
+    }
+}
