@@ -204,6 +204,9 @@ async fn an_upgraded_socket_still_half_closes() {
         .unwrap();
 }
 
+/// The thread a handler was called on: its id and name.
+type Caller = (ThreadId, Option<String>);
+
 /// `#[tokio::main]`'s shape: `serve` awaited by `block_on` on a multi-thread runtime. The
 /// accept loop (where `Server::serve`'s handler is called) runs on a worker, not on the
 /// thread in `block_on`; and dropping the future still stops the server before the drop
@@ -217,7 +220,7 @@ fn served_from_block_on_the_accept_loop_runs_on_a_worker() {
         .build()
         .unwrap();
     let main = thread::current().id();
-    let callers: Arc<Mutex<Vec<(ThreadId, Option<String>)>>> = Arc::default();
+    let callers: Arc<Mutex<Vec<Caller>>> = Arc::default();
     let (l, addr) = listener();
     let server = lameduck::Server::new().listener(l);
     let shutdown = server.shutdown_handle();
