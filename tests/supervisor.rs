@@ -468,6 +468,10 @@ fn python_server(dir: &TempDir) -> PathBuf {
         br#"import http.server, os, signal, socket, sys, threading
 assert os.environ["LISTEN_PID"] == str(os.getpid())
 sock = socket.socket(fileno=3)
+# Old and new workers share the listening socket: both wake for a connection and one gets
+# it. A blocking accept would hold the other in accept() for good (deaf to SIGTERM's
+# shutdown); non-blocking, socketserver shrugs the miss off.
+sock.setblocking(False)
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
