@@ -1273,16 +1273,8 @@ impl TimedIo {
         }
     }
 
-    /// Called before every write: moves toward `TCP_NODELAY`, setting it before the second;
-    /// and ends optimistic writes on HTTP/2.
+    /// Called before every write: moves toward `TCP_NODELAY`, setting it before the second.
     fn before_write(&mut self) {
-        // On HTTP/2 the optimistic first writes stalled a connection now and then for as long
-        // as the write timeout (`tests/hostile.rs`, about one run in five); the cause is not
-        // understood yet, so HTTP/2 writes always go through tokio's readiness. The saving
-        // they were for is HTTP/1's, one response per connection.
-        if self.optimistic_write && self.state.is_h2.load(Ordering::Relaxed) {
-            self.optimistic_write = false;
-        }
         match self.nodelay {
             Nodelay::Off | Nodelay::Done => {}
             Nodelay::BeforeSecondWrite => self.nodelay = Nodelay::BeforeNextWrite,
