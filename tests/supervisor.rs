@@ -260,6 +260,50 @@ fn sigterm_drains_and_exits_0_and_leaves_no_process() {
     assert!(std::net::TcpStream::connect(server.addr).is_err());
 }
 
+/// A supervisor killed with SIGKILL cannot remove its status directory (status file, notify
+/// sockets); the next supervisor to start removes it, and leaves a live one's alone. A clean
+/// stop removes its own.
+#[test]
+fn a_killed_supervisors_status_dir_is_removed_by_the_next_one() {
+    let tmp = std::env::temp_dir();
+    // No process can have a pid above pid_max: that directory's owner is surely gone.
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let stale = tmp.join(format!("lameduck-supervisor-{}-1", pid_max + 1));
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("status"), "{}").unwrap();
+    let live = tmp.join(format!("lameduck-supervisor-{}-1", std::process::id()));
+    std::fs::create_dir_all(&live).unwrap();
+
+    let mut server = Lameduck::serve(&[], true);
+    let own = status_dir_of(server.child.id());
+    assert_eq!(
+        own.len(),
+        1,
+        "the supervisor's own status directory: {own:?}"
+    );
+    assert!(!stale.exists(), "a dead supervisor's directory was left");
+    assert!(live.exists(), "a live process's directory was removed");
+    std::fs::remove_dir_all(&live).unwrap();
+    server.signal(SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    assert!(!own[0].exists(), "a clean stop leaves its directory");
+}
+
+/// The status directories in the temporary directory that belong to `pid`.
+fn status_dir_of(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("lameduck-supervisor-{pid}-");
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
 #[test]
 fn a_second_sigterm_forces_and_exits_3() {
     let dir = TempDir::new("sup-force");

@@ -206,18 +206,30 @@ impl Shutdown {
             .collect()
     }
 
-    /// A shared handle catches up with its members: the phase every one of them has reached.
+    /// A shared handle catches up with its members: the phase every one of them has reached,
+    /// through each phase on the way that a member entered. A member moved on two threads at
+    /// once (forced on one, stopped on another) may already be two phases on when this runs,
+    /// and its handle still records both.
     fn follow_members(&self) {
         let members = self.live_members();
         let Some(least) = members.iter().map(Shutdown::phase).min() else {
             return;
         };
-        let state = self.lock();
-        if least <= state.phase {
-            return;
-        }
+        let mut steps: Vec<Phase> = members
+            .iter()
+            .flat_map(|m| m.history().into_iter().map(|(p, _)| p))
+            .filter(|p| *p <= least)
+            .collect();
+        steps.sort_unstable();
+        steps.dedup();
         let deadline = members.iter().filter_map(Shutdown::deadline).max();
-        self.advance(state, least, deadline);
+        for step in steps {
+            let state = self.lock();
+            if step <= state.phase {
+                continue;
+            }
+            self.advance(state, step, deadline);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -480,5 +492,31 @@ mod tests {
         assert!(!reached.is_finished());
         s.begin_drain(Duration::from_secs(1));
         assert_eq!(reached.await.unwrap(), Phase::Draining);
+    }
+
+    /// A member forced on one thread and stopped on another (a dropped `serve` future and its
+    /// task's own drop) may be Stopped before the forcing thread updates the shared handle:
+    /// the handle still records Forced, then Stopped.
+    #[test]
+    fn a_shared_handle_records_every_phase_of_a_member_moved_from_two_threads() {
+        for _ in 0..500 {
+            let group = Shutdown::new();
+            let member = group.member();
+            let forcer = {
+                let member = member.clone();
+                thread::spawn(move || {
+                    member.force();
+                })
+            };
+            while member.phase() < Phase::Forced {
+                std::hint::spin_loop();
+            }
+            member.finish();
+            forcer.join().unwrap();
+            assert_eq!(
+                phases(&group),
+                [Phase::Running, Phase::Forced, Phase::Stopped]
+            );
+        }
     }
 }

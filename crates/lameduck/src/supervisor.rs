@@ -312,8 +312,9 @@ impl Run {
                 })
                 .map_err(Error::Io)?
         };
+        remove_stale_status_dirs(&std::env::temp_dir());
         let status_dir = std::env::temp_dir().join(format!(
-            "lameduck-supervisor-{}-{}",
+            "{STATUS_DIR_PREFIX}{}-{}",
             std::process::id(),
             notify::monotonic_usec()
         ));
@@ -812,6 +813,42 @@ impl Drop for Run {
 }
 
 /// Sends SIGTERM (the first drains, a second forces).
+/// How a supervisor's status directory (its status file and workers' notify sockets) is
+/// named in the temporary directory: this, the supervisor's pid, a dash, a timestamp.
+const STATUS_DIR_PREFIX: &str = "lameduck-supervisor-";
+
+/// Removes the status directories of supervisors that are gone. A supervisor removes its own
+/// when it stops, but one killed with SIGKILL cannot; the next one to start cleans up after
+/// it. A directory whose pid is alive (another supervisor, or a process that took a dead
+/// one's pid) is left alone, as is anything this user may not remove.
+fn remove_stale_status_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(STATUS_DIR_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid > 0 && !process_exists(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Whether a process with this pid exists (owned by anyone).
+#[allow(unsafe_code)]
+fn process_exists(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 sends nothing; it only checks the pid.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 fn terminate(w: &mut Worker) {
     w.terms = w.terms.saturating_add(1);
     send_signal(w.pid, libc::SIGTERM);
