@@ -261,22 +261,23 @@ fn sigterm_drains_and_exits_0_and_leaves_no_process() {
 }
 
 /// A supervisor killed with SIGKILL cannot remove its status directory (status file, notify
-/// sockets); the next supervisor to start removes it, and leaves a live one's alone. A clean
-/// stop removes its own.
+/// sockets); the next supervisor to start removes it: one whose lock file nobody holds. One
+/// whose lock is held (a live supervisor, whatever its pid means here) and one without a lock
+/// file are left alone. A clean stop removes its own.
 #[test]
 fn a_killed_supervisors_status_dir_is_removed_by_the_next_one() {
     let tmp = std::env::temp_dir();
-    // No process can have a pid above pid_max: that directory's owner is surely gone.
-    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let stale = tmp.join(format!("lameduck-supervisor-{}-1", pid_max + 1));
+    let me = std::process::id();
+    let stale = tmp.join(format!("lameduck-supervisor-{me}-1"));
     std::fs::create_dir_all(&stale).unwrap();
-    std::fs::write(stale.join("status"), "{}").unwrap();
-    let live = tmp.join(format!("lameduck-supervisor-{}-1", std::process::id()));
-    std::fs::create_dir_all(&live).unwrap();
+    std::fs::write(stale.join("status"), "").unwrap();
+    std::fs::write(stale.join("lock"), "").unwrap();
+    let held = tmp.join(format!("lameduck-supervisor-{me}-2"));
+    std::fs::create_dir_all(&held).unwrap();
+    let lock = std::fs::File::create(held.join("lock")).unwrap();
+    assert!(flock(&lock), "the test's own lock");
+    let unlocked = tmp.join(format!("lameduck-supervisor-{me}-3"));
+    std::fs::create_dir_all(&unlocked).unwrap();
 
     let mut server = Lameduck::serve(&[], true);
     let own = status_dir_of(server.child.id());
@@ -286,11 +287,25 @@ fn a_killed_supervisors_status_dir_is_removed_by_the_next_one() {
         "the supervisor's own status directory: {own:?}"
     );
     assert!(!stale.exists(), "a dead supervisor's directory was left");
-    assert!(live.exists(), "a live process's directory was removed");
-    std::fs::remove_dir_all(&live).unwrap();
+    assert!(held.exists(), "a live supervisor's directory was removed");
+    assert!(
+        unlocked.exists(),
+        "a directory without a lock file was removed"
+    );
+    drop(lock);
+    std::fs::remove_dir_all(&held).unwrap();
+    std::fs::remove_dir_all(&unlocked).unwrap();
     server.signal(SIGTERM);
     assert_eq!(server.wait_exit().code(), Some(0));
     assert!(!own[0].exists(), "a clean stop leaves its directory");
+}
+
+/// An exclusive `flock` on `file`, without waiting.
+#[allow(unsafe_code)]
+fn flock(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: flock(2) on a descriptor borrowed for the call.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// The status directories in the temporary directory that belong to `pid`.

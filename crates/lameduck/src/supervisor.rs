@@ -271,6 +271,8 @@ struct Run {
     signals_thread: Option<std::thread::JoinHandle<()>>,
     pending_signals: Arc<Mutex<Vec<i32>>>,
     status_dir: PathBuf,
+    /// Locked while this supervisor lives: how the next one tells this directory is in use.
+    _status_lock: std::fs::File,
     status_file: PathBuf,
     status: SupervisorStatus,
     /// The serving worker.
@@ -312,13 +314,9 @@ impl Run {
                 })
                 .map_err(Error::Io)?
         };
-        remove_stale_status_dirs(&std::env::temp_dir());
-        let status_dir = std::env::temp_dir().join(format!(
-            "{STATUS_DIR_PREFIX}{}-{}",
-            std::process::id(),
-            notify::monotonic_usec()
-        ));
-        std::fs::create_dir_all(&status_dir).map_err(Error::Io)?;
+        let tmp = std::env::temp_dir();
+        remove_stale_status_dirs(&tmp);
+        let (status_dir, status_lock) = create_status_dir(&tmp).map_err(Error::Io)?;
         let status_file = status_dir.join("status");
         let status = SupervisorStatus {
             supervisor_pid: std::process::id(),
@@ -332,6 +330,7 @@ impl Run {
             signals_thread: Some(signals_thread),
             pending_signals,
             status_dir,
+            _status_lock: status_lock,
             status_file,
             status,
             current: None,
@@ -816,37 +815,67 @@ impl Drop for Run {
 /// How a supervisor's status directory (its status file and workers' notify sockets) is
 /// named in the temporary directory: this, the supervisor's pid, a dash, a timestamp.
 const STATUS_DIR_PREFIX: &str = "lameduck-supervisor-";
+/// The file in a status directory its supervisor holds locked (`flock`) while it lives.
+const STATUS_LOCK: &str = "lock";
+
+/// Creates this supervisor's status directory with its lock file already locked: made under
+/// a name no cleanup considers (`…new-PID-TIME`), locked, then renamed into place.
+fn create_status_dir(tmp: &Path) -> io::Result<(PathBuf, std::fs::File)> {
+    let id = format!("{}-{}", std::process::id(), notify::monotonic_usec());
+    let staging = tmp.join(format!("{STATUS_DIR_PREFIX}new-{id}"));
+    std::fs::create_dir_all(&staging)?;
+    let lock = std::fs::File::create(staging.join(STATUS_LOCK))?;
+    if !try_lock(&lock)? {
+        return Err(io::Error::other("a new status directory is locked already"));
+    }
+    let dir = tmp.join(format!("{STATUS_DIR_PREFIX}{id}"));
+    std::fs::rename(&staging, &dir)?;
+    Ok((dir, lock))
+}
 
 /// Removes the status directories of supervisors that are gone. A supervisor removes its own
 /// when it stops, but one killed with SIGKILL cannot; the next one to start cleans up after
-/// it. A directory whose pid is alive (another supervisor, or a process that took a dead
-/// one's pid) is left alone, as is anything this user may not remove.
+/// it. "Gone" is told by the directory's lock file, which its supervisor holds locked while it
+/// lives and the kernel unlocks when it dies: not by its pid, which means another process in
+/// another PID namespace (a container sharing `/tmp`, or `unshare --pid`). A directory with
+/// no lock file (an older lameduck's) is left alone, as is anything this user may not remove.
 fn remove_stale_status_dirs(tmp: &Path) {
     let Ok(entries) = std::fs::read_dir(tmp) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name
+        let is_status_dir = name
             .to_str()
             .and_then(|n| n.strip_prefix(STATUS_DIR_PREFIX))
             .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<i32>().ok())
-        else {
+            .is_some_and(|(pid, time)| pid.parse::<u32>().is_ok() && time.parse::<u64>().is_ok());
+        if !is_status_dir {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(entry.path().join(STATUS_LOCK)) else {
             continue;
         };
-        if pid > 0 && !process_exists(pid) {
+        if try_lock(&lock).unwrap_or(false) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
 
-/// Whether a process with this pid exists (owned by anyone).
+/// Takes an exclusive `flock` on `file` without waiting: `Ok(false)` if another holds it.
 #[allow(unsafe_code)]
-fn process_exists(pid: i32) -> bool {
-    // SAFETY: kill(2) with signal 0 sends nothing; it only checks the pid.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+fn try_lock(file: &std::fs::File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: flock(2) on a descriptor this function borrows for the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(false);
+    }
+    Err(err)
 }
 
 fn terminate(w: &mut Worker) {
