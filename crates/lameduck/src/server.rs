@@ -213,6 +213,14 @@ impl Server {
     /// and every connection task is aborted and counted as forced. Nothing drains; to drain
     /// on your own signal, use [`with_graceful_shutdown`](Self::with_graceful_shutdown) and
     /// keep awaiting.
+    ///
+    /// # Where it runs
+    /// Awaited inside a task, the server runs in that task. Awaited by `block_on` on a
+    /// multi-thread runtime (the body of `#[tokio::main]`), it runs as a task of its own, so
+    /// that its accept loop is on a runtime worker rather than on the thread in `block_on`
+    /// (which would cost two cross-thread wake-ups per connection). Dropping the future then
+    /// still moves the lifecycle to Forced and Stopped before the drop returns; the listeners
+    /// close, and the connection tasks are aborted, moments later on a worker.
     pub async fn serve<H, Fut, E>(self, handler: H) -> Result<Report, Error>
     where
         H: Fn(TcpStream, Connection) -> Fut + Send + 'static,
