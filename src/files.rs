@@ -1120,26 +1120,9 @@ impl FileStream {
                     None => return Poll::Ready(Ok(self.stand_in(want))),
                 }
             }
-            match &self.source {
-                Source::Open(file) => {
-                    if let Some(bytes) = read_at(file, self.offset, want, true)? {
-                        return Poll::Ready(Ok(self.advance(bytes)));
-                    }
-                    let (file, offset) = (Arc::clone(file), self.offset);
-                    self.pending = Some(tokio::task::spawn_blocking(move || {
-                        read_at(&file, offset, want, false)
-                    }));
-                }
-                Source::Reopen { path, identity } => {
-                    let file = open_checked(path, identity)?;
-                    if let Some(bytes) = read_at(&file, self.offset, want, true)? {
-                        return Poll::Ready(Ok(self.advance(bytes)));
-                    }
-                    let offset = self.offset;
-                    self.pending = Some(tokio::task::spawn_blocking(move || {
-                        read_at(&file, offset, want, false)
-                    }));
-                }
+            let file = match &self.source {
+                Source::Open(file) => Arc::clone(file),
+                Source::Reopen { path, identity } => Arc::new(open_checked(path, identity)?),
                 #[cfg(target_os = "linux")]
                 Source::SendFile { file, .. } => {
                     // The first byte stands for the chunk: sequential readahead brings in the
@@ -1152,8 +1135,16 @@ impl FileStream {
                     self.pending = Some(tokio::task::spawn_blocking(move || {
                         warm(&file, offset, want).map(|()| None)
                     }));
+                    continue;
                 }
+            };
+            if let Some(bytes) = read_at(&file, self.offset, want, true)? {
+                return Poll::Ready(Ok(self.advance(bytes)));
             }
+            let offset = self.offset;
+            self.pending = Some(tokio::task::spawn_blocking(move || {
+                read_at(&file, offset, want, false)
+            }));
         }
     }
 

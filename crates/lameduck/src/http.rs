@@ -429,18 +429,14 @@ where
         _slot: slot,
         shutdown: conn.shutdown().clone(),
     };
-    let mut timed = TimedIo::new(
+    let timed = TimedIo::new(
         stream,
         Arc::clone(&state),
         shared.timeouts.write,
         ctx.clone(),
         shared.close_idle_at_limit.then(|| shared.admission.clone()),
+        shared.nodelay,
     );
-    timed.nodelay = if shared.nodelay {
-        Nodelay::BeforeSecondWrite
-    } else {
-        Nodelay::Off
-    };
     let service = LifecycleService {
         inner: service,
         conn: conn.clone(),
@@ -1236,14 +1232,13 @@ struct TimedIo {
 /// Where a connection is on its way to `TCP_NODELAY`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Nodelay {
-    /// Not wanted.
-    Off,
     /// Wanted, and set just before the second write.
     BeforeSecondWrite,
     /// Wanted, and set before the next write.
     BeforeNextWrite,
-    /// Set (or tried: a failure is not fatal, the connection works without it).
-    Done,
+    /// Nothing left to do: not wanted, or set (or tried: a failure is not fatal, the
+    /// connection works without it).
+    Settled,
 }
 
 impl TimedIo {
@@ -1253,6 +1248,7 @@ impl TimedIo {
         write_timeout: Option<Duration>,
         ctx: ConnCtx,
         room: Option<crate::Admission>,
+        nodelay: bool,
     ) -> Self {
         TimedIo {
             inner,
@@ -1269,18 +1265,22 @@ impl TimedIo {
             room_listener: None,
             optimistic_read: true,
             optimistic_write: true,
-            nodelay: Nodelay::Off,
+            nodelay: if nodelay {
+                Nodelay::BeforeSecondWrite
+            } else {
+                Nodelay::Settled
+            },
         }
     }
 
     /// Called before every write: moves toward `TCP_NODELAY`, setting it before the second.
     fn before_write(&mut self) {
         match self.nodelay {
-            Nodelay::Off | Nodelay::Done => {}
+            Nodelay::Settled => {}
             Nodelay::BeforeSecondWrite => self.nodelay = Nodelay::BeforeNextWrite,
             Nodelay::BeforeNextWrite => {
                 let _ = self.inner.set_nodelay(true);
-                self.nodelay = Nodelay::Done;
+                self.nodelay = Nodelay::Settled;
             }
         }
     }

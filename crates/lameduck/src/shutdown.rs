@@ -508,7 +508,9 @@ mod tests {
                     member.force();
                 })
             };
+            let end = Instant::now() + Duration::from_secs(10);
             while member.phase() < Phase::Forced {
+                assert!(Instant::now() < end, "the other thread never forced");
                 std::hint::spin_loop();
             }
             member.finish();

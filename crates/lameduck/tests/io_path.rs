@@ -70,6 +70,31 @@ fn read_more(s: &mut TcpStream, pending: &mut Vec<u8>) {
     pending.extend_from_slice(&buf[..n]);
 }
 
+/// A `lameduck::http` server running in a task of its own.
+struct Running {
+    shutdown: lameduck::Shutdown,
+    task: tokio::task::JoinHandle<Result<lameduck::Report, lameduck::Error>>,
+}
+
+impl Running {
+    fn start(serve: lameduck::http::Serve<Router>) -> Running {
+        Running {
+            shutdown: serve.shutdown_handle(),
+            task: tokio::spawn(serve.into_future()),
+        }
+    }
+
+    /// Triggers the shutdown and waits (bounded) for the report.
+    async fn stop(self) -> lameduck::Report {
+        self.shutdown.trigger();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("stopped in time")
+            .unwrap()
+            .unwrap()
+    }
+}
+
 fn app() -> Router {
     Router::new()
         .route("/", get(|| async { "root" }))
@@ -109,9 +134,7 @@ struct Heard(tokio::sync::mpsc::UnboundedSender<Vec<u8>>);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pieces_pipelining_pauses_and_close_are_answered_as_before() {
     let (l, addr) = listener();
-    let serve = lameduck::http::serve(l, app());
-    let shutdown = serve.shutdown_handle();
-    let server = tokio::spawn(serve.into_future());
+    let server = Running::start(lameduck::http::serve(l, app()));
 
     let checks = tokio::task::spawn_blocking(move || {
         // The request line in two pieces, the second after the server has had time to read
@@ -152,12 +175,7 @@ async fn pieces_pipelining_pauses_and_close_are_answered_as_before() {
         .await
         .expect("checks in time")
         .unwrap();
-    shutdown.trigger();
-    let report = tokio::time::timeout(WAIT, server)
-        .await
-        .expect("stopped in time")
-        .unwrap()
-        .unwrap();
+    let report = server.stop().await;
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.accepted, 21);
 }
@@ -167,9 +185,7 @@ async fn an_upgraded_socket_still_half_closes() {
     let (l, addr) = listener();
     let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
     let app = app().layer(axum::Extension(Heard(tx)));
-    let serve = lameduck::http::serve(l, app);
-    let shutdown = serve.shutdown_handle();
-    let server = tokio::spawn(serve.into_future());
+    let server = Running::start(lameduck::http::serve(l, app));
 
     let client = tokio::task::spawn_blocking(move || {
         let mut s = client(addr);
@@ -196,12 +212,7 @@ async fn an_upgraded_socket_still_half_closes() {
         .expect("the application read on")
         .unwrap();
     assert_eq!(rest, b"after the half-close");
-    shutdown.trigger();
-    tokio::time::timeout(WAIT, server)
-        .await
-        .expect("stopped in time")
-        .unwrap()
-        .unwrap();
+    server.stop().await;
 }
 
 /// The thread a handler was called on: its id and name.
@@ -300,9 +311,7 @@ fn server_nodelay(client: &TcpStream) -> bool {
 async fn tcp_nodelay_is_set_before_the_second_write() {
     for wanted in [true, false] {
         let (l, addr) = listener();
-        let serve = lameduck::http::serve(l, app()).nodelay(wanted);
-        let shutdown = serve.shutdown_handle();
-        let server = tokio::spawn(serve.into_future());
+        let server = Running::start(lameduck::http::serve(l, app()).nodelay(wanted));
         tokio::task::spawn_blocking(move || {
             let mut s = client(addr);
             let mut pending = Vec::new();
@@ -315,11 +324,6 @@ async fn tcp_nodelay_is_set_before_the_second_write() {
         })
         .await
         .unwrap();
-        shutdown.trigger();
-        tokio::time::timeout(WAIT, server)
-            .await
-            .expect("stopped in time")
-            .unwrap()
-            .unwrap();
+        server.stop().await;
     }
 }
