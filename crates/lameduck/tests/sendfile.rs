@@ -335,3 +335,57 @@ async fn without_the_option_no_request_gets_the_extension() {
     shutdown.trigger();
     timeout(WAIT, task).await.unwrap().unwrap();
 }
+
+/// Data segments `stream` has received (`tcpi_data_segs_in` of `TCP_INFO`).
+#[allow(unsafe_code)]
+fn data_segments_in(stream: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: an all-zero `tcp_info` is valid; the kernel fills at most `len` bytes of it
+    // and the socket is open for the whole call.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_data_segs_in
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_head_leaves_in_the_segment_that_carries_the_files_first_bytes() {
+    // Sent alone, the head would be a segment of its own, and the client would wake for it
+    // and again for the body: head and a small file fit one segment, and arrive in one.
+    let site = Site::new("sendfile-segments");
+    let file = pattern(1000, 3);
+    std::fs::write(site.dir.join("f"), &file).unwrap();
+    let (addr, shutdown, task) = start(site.dir.clone());
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    // The first response, and one on the same connection once `TCP_NODELAY` is on.
+    for round in 0..2 {
+        let before = data_segments_in(&stream);
+        stream
+            .write_all(b"GET /f HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut stream, &mut buf).await;
+        assert!(head.contains("x-body: sendfile"), "{head}");
+        assert!(body == file, "the file differs");
+        let segments = data_segments_in(&stream) - before;
+        assert_eq!(
+            segments, 1,
+            "response {round} came in {segments} data segments"
+        );
+    }
+
+    shutdown.trigger();
+    drop(stream);
+    timeout(WAIT, task).await.unwrap().unwrap();
+}

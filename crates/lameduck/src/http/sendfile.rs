@@ -94,6 +94,28 @@ impl Queue {
     }
 }
 
+/// `sendmsg(2)` of `bufs` with `MSG_MORE` (non-blocking): the kernel holds a short tail
+/// back for the bytes that follow (the file range, sent next) instead of sending it as a
+/// segment of its own.
+#[allow(unsafe_code)]
+pub(crate) fn send_more(
+    out: &impl std::os::fd::AsRawFd,
+    bufs: &[std::io::IoSlice<'_>],
+) -> io::Result<usize> {
+    // SAFETY: an all-zero `msghdr` is valid (no address, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // `IoSlice` is ABI-compatible with `iovec` on Unix (std guarantees it); the kernel only
+    // reads through the pointer, and `bufs` outlives the call.
+    msg.msg_iov = bufs.as_ptr().cast_mut().cast::<libc::iovec>();
+    msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
+    // SAFETY: `out` is an open socket, borrowed for the call; `msg` is initialised above.
+    let n = unsafe { libc::sendmsg(out.as_raw_fd(), &msg, libc::MSG_MORE | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 #[allow(unsafe_code)]
 fn sendfile(
     out: std::os::fd::RawFd,
