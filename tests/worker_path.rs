@@ -1,0 +1,133 @@
+//! Files answered on the async workers, without the blocking pool (`openat2` with
+//! `RESOLVE_CACHED`, reads with `RWF_NOWAIT`), keep every rule of the blocking path. With
+//! `--cache-size 0` every file takes that path first (with the cache on, only files too
+//! large for it); links, directories and names the kernel has not cached fall back to the
+//! blocking pool. Real binary, real sockets.
+#![cfg(unix)]
+
+mod util;
+
+use util::{Lameduck, TempDir, get, request};
+
+/// Bytes that differ from position to position, so a wrong offset shows.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// The site every case below is served from, and a directory outside it.
+fn site(name: &str) -> (TempDir, TempDir) {
+    let site = TempDir::new(name);
+    let outside = TempDir::new(&format!("{name}-outside"));
+    outside.write("secret.txt", b"outside the root\n");
+    site.write("small.txt", b"small file\n");
+    site.write("mid.bin", &pattern(64 * 1024));
+    site.write("large.bin", &pattern(300 * 1024 + 7));
+    site.write("page.html", b"<p>plain</p>\n");
+    site.write("page.html.gz", b"pretend gzip bytes");
+    site.write(".env", b"SECRET=1\n");
+    site.write("dir/index.html", b"index\n");
+    site.write("dir/.hidden/x.txt", b"hidden\n");
+    std::os::unix::fs::symlink(
+        site.path().join("small.txt"),
+        site.path().join("link-inside.txt"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.txt"),
+        site.path().join("link-out.txt"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(outside.path(), site.path().join("dir-out")).unwrap();
+    (site, outside)
+}
+
+fn check_rules(server: &Lameduck, site: &TempDir) {
+    let addr = server.addr;
+    // Files of every size, whole and in part.
+    assert_eq!(get(addr, "/small.txt", &[]).text(), "small file\n");
+    for (name, len) in [("mid.bin", 64 * 1024), ("large.bin", 300 * 1024 + 7)] {
+        let resp = get(addr, &format!("/{name}"), &[]);
+        assert_eq!(resp.status, 200, "{name}");
+        assert!(resp.body == pattern(len), "{name}: the bytes differ");
+        let resp = get(addr, &format!("/{name}"), &[("Range", "bytes=1000-1999")]);
+        assert_eq!(resp.status, 206, "{name}");
+        assert!(
+            resp.body == pattern(len)[1000..2000],
+            "{name}: the range differs"
+        );
+    }
+    let head = request(addr, "HEAD", "/large.bin", &[]);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("307207"));
+    assert!(head.body.is_empty());
+    // A precompressed sibling, with the original's type.
+    let resp = get(addr, "/page.html", &[("Accept-Encoding", "gzip")]);
+    assert_eq!(resp.header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(resp.text(), "pretend gzip bytes");
+    let resp = get(addr, "/page.html", &[]);
+    assert_eq!(resp.header("content-encoding"), None);
+    assert_eq!(resp.text(), "<p>plain</p>\n");
+    // Absent, and a file used as a directory.
+    assert_eq!(get(addr, "/nope.txt", &[]).status, 404);
+    assert_eq!(get(addr, "/small.txt/more", &[]).status, 404);
+    assert_eq!(get(addr, "/small.txt/", &[]).status, 404);
+    // Hidden names.
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/.env", &[]).status, 404);
+        assert_eq!(get(addr, "/dir/.hidden/x.txt", &[]).status, 404);
+    }
+    // Links: inside the root followed, out of it never. Each asked for more than once: the
+    // first lookup of a name may fall back to the blocking pool (the dentry cache has not
+    // seen it yet) and leave it cached for the next, which the workers answer.
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/link-inside.txt", &[]).text(), "small file\n");
+        for path in ["/link-out.txt", "/dir-out/secret.txt"] {
+            let resp = get(addr, path, &[]);
+            assert_eq!(resp.status, 404, "{path}");
+            assert!(!resp.text().contains("outside"), "{path}");
+        }
+    }
+    // Directories: the redirect and the index page.
+    let resp = get(addr, "/dir", &[]);
+    assert_eq!(resp.status, 301);
+    assert_eq!(resp.header("location"), Some("/dir/"));
+    assert_eq!(get(addr, "/dir/", &[]).text(), "index\n");
+    // Not a regular file: a FIFO is refused, and opening it holds nothing up.
+    let fifo = site.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    #[allow(unsafe_code)]
+    // SAFETY: `c` is a NUL-terminated path, alive for the call.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+    assert_eq!(rc, 0, "mkfifo");
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/fifo", &[]).status, 404);
+    }
+    assert_eq!(get(addr, "/small.txt", &[]).status, 200);
+    std::fs::remove_file(&fifo).unwrap();
+}
+
+#[test]
+fn with_the_cache_off_files_answered_on_the_workers_keep_every_rule() {
+    let (site, _outside) = site("worker-path-uncached");
+    let server = Lameduck::serve(&[site.arg(), "--cache-size", "0"], false);
+    check_rules(&server, &site);
+    // Always fresh without a cache: a rewrite and a rename are served at once.
+    site.write("large.bin", b"rewritten\n");
+    assert_eq!(get(server.addr, "/large.bin", &[]).text(), "rewritten\n");
+    let tmp = site.write("new.tmp", b"renamed\n");
+    std::fs::rename(tmp, site.path().join("small.txt")).unwrap();
+    assert_eq!(get(server.addr, "/small.txt", &[]).text(), "renamed\n");
+    std::fs::remove_file(site.path().join("small.txt")).unwrap();
+    assert_eq!(get(server.addr, "/small.txt", &[]).status, 404);
+}
+
+#[test]
+fn with_the_cache_on_the_same_rules_hold() {
+    let (site, _outside) = site("worker-path-cached");
+    let server = Lameduck::serve(&[site.arg()], false);
+    check_rules(&server, &site);
+}
