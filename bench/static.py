@@ -3,8 +3,10 @@
 nginx, caddy (`caddy file-server`) and static-web-server (when installed).
 
 Measures, as medians over interleaved rounds, with ratios against lameduck:
-- small files (90 B, 4 KiB, 64 KiB): `wrk -t2 -c50` requests/s and p99, keep-alive and with
-  `Connection: close`;
+- small files (90 B, 4 KiB, 64 KiB) and a 1 MiB one (above the cache limit):
+  `wrk -t2 -c50` requests/s and p99, keep-alive and with `Connection: close`, with
+  `lameduck serve --cache-size 0` as a column of its own (it opens each file per request,
+  as nginx without `open_file_cache` does);
 - HTTP/2 cleartext (prior knowledge) on the 90 B file: `h2load -c 20 -m 10`;
 - a large file (200 MB by default): curl downloads, MB/s;
 - memory per idle keep-alive connection (after one request), with raw hyper as the Rust
@@ -52,14 +54,25 @@ class Server:
 
     def __init__(self, name, proc, port, h2_port):
         self.name, self.proc, self.port, self.h2_port = name, proc, port, h2_port
+        # Only in the wrk tables (not the HTTP/2, large-file and memory ones).
+        self.wrk_only = False
 
 
-def start_lameduck(www, _d):
+def start_lameduck(www, _d, extra=()):
     port = free_port()
     p = subprocess.Popen([LAMEDUCK, "serve", www, "--no-supervisor", "--listen",
-                          f"127.0.0.1:{port}", "--log-level", "warn"], start_new_session=True)
+                          f"127.0.0.1:{port}", "--log-level", "warn", *extra],
+                         start_new_session=True)
     wait_listening(port, p)
     return Server("lameduck serve", p, port, port)
+
+
+def start_lameduck_uncached(www, d):
+    """`lameduck serve --cache-size 0`: every request opens its file, as nginx's do (nginx
+    without `open_file_cache`, its default). Measured in the wrk tables only."""
+    s = start_lameduck(www, d, ("--cache-size", "0"))
+    s.name, s.h2_port, s.wrk_only = "lameduck, no cache", None, True
+    return s
 
 
 def start_nginx(www, d):
@@ -178,6 +191,8 @@ def main():
         "90 B": ("/index.html", b"<!DOCTYPE html><html><body><h1>Hello</h1><p>A small static file.</p></body></html>\n"),
         "4 KiB": ("/4k.bin", os.urandom(4096)),
         "64 KiB": ("/64k.bin", os.urandom(65536)),
+        # Above lameduck's cache limit (256 KiB): opened for every request, sent by sendfile.
+        "1 MiB": ("/1m.bin", os.urandom(1 << 20)),
     }
     for path, data in files.values():
         with open(os.path.join(www, path.lstrip("/")), "wb") as f:
@@ -192,7 +207,7 @@ def main():
         for n in names:
             os.chmod(os.path.join(root, n), 0o644)
 
-    starters = [start_lameduck]
+    starters = [start_lameduck, start_lameduck_uncached]
     skipped = []
     for tool, starter in (("nginx", start_nginx), ("caddy", start_caddy)):
         (starters.append(starter) if shutil.which(tool) else skipped.append(tool))
@@ -221,9 +236,10 @@ def main():
                                20000 if args.quick else 400000))
             # A single download swings by 2x from one try to the next here, so each round
             # takes several per server, in a rotated order, and keeps their median.
-            tries = {s.name: [] for s in servers}
+            full = [s for s in servers if not s.wrk_only]
+            tries = {s.name: [] for s in full}
             for t in range(1 if args.quick else 5):
-                for s in servers[t % len(servers):] + servers[:t % len(servers)]:
+                for s in full[t % len(full):] + full[:t % len(full)]:
                     tries[s.name].append(download(f"http://127.0.0.1:{s.port}/large.bin"))
             for name, got in tries.items():
                 large.setdefault(name, []).append(statistics.median(got))
@@ -249,21 +265,28 @@ def main():
     med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
     names = [s.name for s in servers]
     out = []
+    wrk_names = names
+    names = [s.name for s in servers if not s.wrk_only]
     out.append(f"### Static files: `lameduck serve` against {', '.join(names[1:]) or 'no peer'}\n")
     out.append(f"{args.rounds} interleaved rounds, medians; ratios are the peer's figure over "
                "lameduck's (below 1.00: lameduck is ahead).\n")
     for close in (False, True):
         mode = "`Connection: close`" if close else "keep-alive"
         out.append(f"\n`wrk -t2 -c50 -d{args.duration}s`, {mode}: requests/s (ratio), p99\n")
-        out.append("| file | " + " | ".join(names) + " |")
-        out.append("|---|" + "---|" * len(names))
+        out.append("| file | " + " | ".join(wrk_names) + " |")
+        out.append("|---|" + "---|" * len(wrk_names))
         for size in files:
             base = med(rps[(size, close, names[0])])
             cells = []
-            for n in names:
+            for n in wrk_names:
                 r, p = med(rps[(size, close, n)]), med(p99[(size, close, n)])
                 cells.append(f"{r:,.0f} ({ratio(r, base)}), {p:.2f} ms")
             out.append(f"| {size} | " + " | ".join(cells) + " |")
+        if "nginx" in wrk_names and "lameduck, no cache" in wrk_names:
+            pairs = ", ".join(
+                f"{size} {ratio(med(rps[(size, close, 'nginx')]), med(rps[(size, close, 'lameduck, no cache')]))}"
+                for size in files)
+            out.append(f"\nnginx over `lameduck serve --cache-size 0` (neither caches): {pairs}")
     out.append("\nHTTP/2 cleartext, `h2load -c 20 -m 10`, 90 B file: requests/s (ratio)\n")
     out.append("| " + " | ".join(names) + " |")
     out.append("|" + "---|" * len(names))
