@@ -1534,9 +1534,9 @@ impl<B: Send + 'static> tower_service::Service<Request<B>> for StaticService {
             self.metrics.count_response(resp.status());
             return Answer::Ready(Some(resp));
         }
-        // Anything that touches the disk runs in the blocking pool: a cold or slow disk then
-        // holds up the requests that need it, never a worker thread and the connections on
-        // it. (The pool is bounded: see `serve_here`.)
+        // Anything that may wait on the disk runs in the blocking pool: a cold or slow disk
+        // then holds up the requests that need it, never a worker thread and the connections
+        // on it. (The pool is bounded: see `serve_here`.)
         let files = Arc::clone(&self.files);
         let metrics = Arc::clone(&self.metrics);
         Answer::Disk(tokio::task::spawn_blocking(move || {

@@ -439,7 +439,7 @@ async fn replaced(shutdown: lameduck::Shutdown, mode: Mode) {
     std::future::pending().await
 }
 
-/// Most threads in the blocking pool, where file-system work runs.
+/// Most threads in the blocking pool, where file-system work that may wait runs.
 const BLOCKING_THREADS: usize = 64;
 
 /// Serves in this process: alone, or as a supervisor's worker.
@@ -461,9 +461,9 @@ fn serve_here(
     } = listeners(&settings)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // File-system work that misses the cache runs in the blocking pool (see
+        // File-system work that may wait on the disk runs in the blocking pool (see
         // `files::StaticService`): at most this many reads wait on a slow disk at once, and
-        // further ones queue behind them, while hot files are still answered from memory.
+        // further ones queue behind them, while hot files are still answered.
         .max_blocking_threads(BLOCKING_THREADS)
         .build()?;
 
