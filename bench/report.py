@@ -27,7 +27,7 @@ REASONS = {
         "the same wrk command).",
     ("throughput", "static", "close"):
         "measured per request (server CPU over wrk's count), lameduck serve and nginx both take "
-        "31 to 36 µs, three quarters of it in the kernel. lameduck makes about 8 system calls per "
+        "31 to 41 µs, three quarters of it in the kernel. lameduck makes about 8 system calls per "
         "connection (accept, epoll_ctl add and delete, one read that finds the request, one that "
         "finds nothing while the answer is made, the write, the close, and a wake-up of the "
         "other worker every few connections); nginx makes about 11 (it opens, "
