@@ -22,7 +22,7 @@ use percent_encoding::percent_decode_str;
 use std::io::{Read as _, Seek as _};
 
 use crate::cache::{Entry, FileCache, Variant};
-use crate::metrics::{FileError, Metrics};
+use crate::metrics::{FileError, Lookup, Metrics};
 
 /// The page served when no directory is given.
 const BUILTIN_PAGE: &str = include_str!("../assets/index.html");
@@ -74,9 +74,10 @@ impl Files {
             }
             None => None,
         };
-        #[cfg(target_os = "linux")]
+        // `RWF_NOWAIT` reads (see `read_nowait`) and `openat2` are there on Linux with glibc.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
         let nowait_open = root.as_deref().is_some_and(opens_without_waiting);
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
         let nowait_open = false;
         Ok(Files {
             root,
@@ -115,10 +116,17 @@ impl Files {
             None => self.builtin(req),
             Some(_) => match self.cached(req) {
                 Some(resp) => resp,
-                None if !disk => self.serve_nowait(req)?,
+                None if !disk => {
+                    let resp = self.serve_nowait(req)?;
+                    self.metrics.count_lookup(Lookup::Worker);
+                    resp
+                }
                 // The file-system work of one request: resolving links, metadata, opening,
                 // reading a small file.
-                None => self.serve_dir(req),
+                None => {
+                    self.metrics.count_lookup(Lookup::Pool);
+                    self.serve_dir(req)
+                }
             },
         };
         if head {
@@ -229,7 +237,7 @@ impl Files {
     /// is filled there), a root not on a local file system (see `opens_without_waiting`), a
     /// kernel without `openat2`. A name the dentry cache knows to be absent is a `404` here.
     fn serve_nowait(&self, req: &Parts) -> Option<Response<Body>> {
-        #[cfg(target_os = "linux")]
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
         {
             let root = self.root.as_deref()?;
             let uri_path = req.uri.path();
@@ -238,15 +246,20 @@ impl Files {
             }
             let relative = self.relative_path(uri_path).ok()?;
             let dir = open_root_cached(root).ok()?;
+            // Checked again for every request: the root's path may have been mounted over.
+            if !local_fs(&dir) {
+                return None;
+            }
             let absent =
                 |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR));
-            let file = match open_cached(&dir, &relative) {
-                Ok(file) => file,
+            let (file, meta) = match open_regular_cached(&dir, &relative) {
+                Ok(Some(found)) => found,
+                // A directory, a FIFO, a device: the blocking path decides.
+                Ok(None) => return None,
                 Err(e) if absent(&e) => return Some(not_found()),
                 Err(_) => return None,
             };
-            let meta = file.metadata().ok()?;
-            if !meta.is_file() || (self.cache.is_some() && meta.len() <= crate::cache::MAX_FILE) {
+            if self.cache.is_some() && meta.len() <= crate::cache::MAX_FILE {
                 return None;
             }
             let path = root.join(&relative);
@@ -257,14 +270,13 @@ impl Files {
                 sibling.push(".");
                 sibling.push(ext);
                 let sibling = PathBuf::from(sibling);
-                match open_cached(&dir, &sibling) {
-                    Ok(f) => {
-                        let m = f.metadata().ok()?;
-                        if m.is_file() {
-                            chosen = (f, root.join(sibling), m, Some(encoding));
-                            break;
-                        }
+                match open_regular_cached(&dir, &sibling) {
+                    Ok(Some((f, m))) => {
+                        chosen = (f, root.join(sibling), m, Some(encoding));
+                        break;
                     }
+                    // Not a regular file: the blocking path skips it too.
+                    Ok(None) => {}
                     Err(e) if absent(&e) => {}
                     Err(_) => return None,
                 }
@@ -282,7 +294,7 @@ impl Files {
                 true,
             )
         }
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
         {
             let _ = req;
             None
@@ -1135,14 +1147,14 @@ fn open_checked(path: &Path, identity: &FileIdentity) -> io::Result<std::fs::Fil
 
 /// Whether `openat2` with `RESOLVE_CACHED` works here (Linux 5.12 and later); cleared by
 /// the first call that finds it missing.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 static OPENAT2_CACHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// Whether `dir` lies on a local file system whose `open` and `fstat` of a cached name never
 /// wait: a FUSE or network file system may (its `open` is a request to a daemon or a
 /// server), so there every file request goes to the blocking pool.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code, clippy::unnecessary_cast)] // `f_type`'s type differs between targets
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
 fn opens_without_waiting(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt as _;
     let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
@@ -1153,6 +1165,14 @@ fn opens_without_waiting(dir: &Path) -> bool {
     if unsafe { libc::statfs(path.as_ptr(), &mut fs) } != 0 {
         return false;
     }
+    local_fs_type(&fs)
+}
+
+/// ext2/3/4, XFS, Btrfs, F2FS, tmpfs, overlayfs (as container images are: its layers are
+/// taken to be local too).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(clippy::unnecessary_cast)] // `f_type`'s type differs between targets
+fn local_fs_type(fs: &libc::statfs) -> bool {
     let kind = fs.f_type as i64;
     [
         libc::EXT4_SUPER_MAGIC as i64, // ext2, ext3 and ext4 alike
@@ -1167,7 +1187,7 @@ fn opens_without_waiting(dir: &Path) -> bool {
 
 /// `openat2(2)` of `path` (relative to `dir`, or to the working directory) with `how`:
 /// `ENOSYS` where `openat2` or `RESOLVE_CACHED` is missing.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn openat2(
     dir: Option<&std::os::fd::OwnedFd>,
@@ -1213,28 +1233,65 @@ fn openat2(
 
 /// The root directory, looked up by its path now (a root swapped for another directory is
 /// the new one at once, as on the blocking path), from the dentry cache alone.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn open_root_cached(root: &Path) -> io::Result<std::os::fd::OwnedFd> {
     openat2(None, root, libc::O_PATH | libc::O_DIRECTORY, 0)
 }
 
-/// Opens `rel` under `root` for reading, resolved from the dentry cache alone (`EAGAIN` if
-/// a name on the way is not cached), through no symbolic link (`ELOOP`), and within the
-/// root's mount (`EXDEV`): what is mounted below the root may be a file system whose `open`
-/// waits. `O_NONBLOCK`, as nginx opens files: a FIFO does not hold the open up (reads of a
-/// regular file ignore the flag).
-#[cfg(target_os = "linux")]
-fn open_cached(root: &std::os::fd::OwnedFd, rel: &Path) -> io::Result<std::fs::File> {
-    let fd = openat2(
+/// The regular file `rel` under `root`, open for reading, and its metadata; `Ok(None)` for
+/// anything else (a directory, a FIFO, a device), which is never opened for reading: opening
+/// one can act (a FIFO's writer is released, a device's driver runs). Looked up from the
+/// dentry cache alone (`EAGAIN` if a name on the way is not cached), through no symbolic link
+/// (`ELOOP`), within the root's mount (`EXDEV`: what is mounted below the root may be a file
+/// system whose `open` waits), as an `O_PATH` descriptor; then, a regular file, reopened for
+/// reading through `/proc/self/fd` (the same inode, no second lookup of the path).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn open_regular_cached(
+    root: &std::os::fd::OwnedFd,
+    rel: &Path,
+) -> io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let found = std::fs::File::from(openat2(
         Some(root),
         rel,
-        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+        libc::O_PATH,
         libc::RESOLVE_BENEATH
             | libc::RESOLVE_NO_SYMLINKS
             | libc::RESOLVE_NO_MAGICLINKS
             | libc::RESOLVE_NO_XDEV,
-    )?;
-    Ok(std::fs::File::from(fd))
+    )?);
+    let meta = found.metadata()?;
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{}", found.as_raw_fd()))?;
+    // SAFETY: `proc_path` is a NUL-terminated string alive for the call. /proc is in memory:
+    // the lookup never waits on a disk.
+    let fd = unsafe {
+        libc::open(
+            proc_path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(Some((unsafe { std::fs::File::from_raw_fd(fd) }, meta)))
+}
+
+/// Whether the file system under `dir` is one [`opens_without_waiting`] trusts.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn local_fs(dir: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: an all-zero `statfs` is valid; the call fills it; `dir` is open.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(dir.as_raw_fd(), &mut fs) } != 0 {
+        return false;
+    }
+    local_fs_type(&fs)
 }
 
 /// `count` bytes at `start`, all from the page cache: `Ok(None)` as soon as any of them
@@ -1387,10 +1444,16 @@ impl FileStream {
                 Source::Reopen { path, identity } => Arc::new(open_checked(path, identity)?),
                 #[cfg(target_os = "linux")]
                 Source::SendFile { file, .. } => {
-                    // The first byte stands for the chunk: sequential readahead brings in the
-                    // rest with it.
+                    // The first and the last byte stand for the chunk (sequential readahead
+                    // brings in what lies between): `sendfile` on this thread must not wait
+                    // for the disk, and a file read in part before (a range, pages evicted)
+                    // may have its first page cached and not the rest.
                     let mut probe = [0u8; 1];
-                    if matches!(read_nowait(file, &mut probe, self.offset), Some(Ok(_))) {
+                    let last = self.offset + want.saturating_sub(1) as u64;
+                    if matches!(read_nowait(file, &mut probe, self.offset), Some(Ok(_)))
+                        && (last == self.offset
+                            || matches!(read_nowait(file, &mut probe, last), Some(Ok(_))))
+                    {
                         return Poll::Ready(Ok(self.stand_in(want)));
                     }
                     let (file, offset) = (Arc::clone(file), self.offset);

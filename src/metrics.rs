@@ -15,7 +15,20 @@ pub(crate) struct Metrics {
     /// Files that could not be read: for lack of descriptors or memory (answered 503), and
     /// other I/O errors (answered 500).
     file_errors: [AtomicU64; 2],
+    /// Requests that needed the file system, by where they were answered: on the async
+    /// worker (nothing had to wait), in the blocking pool.
+    lookups: [AtomicU64; 2],
     started: Instant,
+}
+
+/// Where a request that needed the file system was answered, as counted in
+/// `lameduck_file_lookups_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// On the async worker: the kernel's caches held everything.
+    Worker = 0,
+    /// In the blocking pool.
+    Pool = 1,
 }
 
 /// Why a file could not be served, as counted in `lameduck_file_errors_total`.
@@ -32,6 +45,7 @@ impl Metrics {
         Metrics {
             responses: Default::default(),
             file_errors: Default::default(),
+            lookups: Default::default(),
             started: Instant::now(),
         }
     }
@@ -45,6 +59,11 @@ impl Metrics {
     pub(crate) fn count_file_error(&self, kind: FileError) {
         // Relaxed: an independent counter.
         self.file_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_lookup(&self, at: Lookup) {
+        // Relaxed: an independent counter.
+        self.lookups[at as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn uptime_s(&self) -> u64 {
@@ -172,6 +191,16 @@ impl ServerView {
                     load(FileError::Unavailable).to_string(),
                 ),
                 ("{kind=\"io\"}", load(FileError::Io).to_string()),
+            ],
+        );
+        let lookups = |at: Lookup| self.metrics.lookups[at as usize].load(Ordering::Relaxed);
+        metric(
+            "lameduck_file_lookups_total",
+            "counter",
+            "Requests that needed the file system, by where they were answered: worker (the kernel's caches held everything) or pool (the blocking pool).",
+            &[
+                ("{at=\"worker\"}", lookups(Lookup::Worker).to_string()),
+                ("{at=\"pool\"}", lookups(Lookup::Pool).to_string()),
             ],
         );
         if let Some(cache) = &self.files.cache {

@@ -7,6 +7,8 @@
 
 mod util;
 
+use std::time::Duration;
+
 use util::{Lameduck, TempDir, get, request};
 
 /// Bytes that differ from position to position, so a wrong offset shows.
@@ -41,8 +43,27 @@ fn site(name: &str) -> (TempDir, TempDir) {
     (site, outside)
 }
 
+/// `lameduck_file_lookups_total{at="worker"}` or `{at="pool"}`.
+fn lookups(server: &Lameduck, at: &str) -> u64 {
+    let text = server.admin_get("/metrics").text();
+    let name = format!("lameduck_file_lookups_total{{at=\"{at}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&name))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing: {text}"))
+}
+
 fn check_rules(server: &Lameduck, site: &TempDir) {
     let addr = server.addr;
+    // The worker path runs at all: a file too large for the cache, asked for three times,
+    // is answered on the worker at least the last two (the first lookup of a name may find
+    // the dentry cache cold and go to the pool).
+    let before = lookups(server, "worker");
+    for _ in 0..3 {
+        assert!(get(addr, "/large.bin", &[]).body == pattern(300 * 1024 + 7));
+    }
+    let on_worker = lookups(server, "worker") - before;
+    assert!(on_worker >= 2, "{on_worker} of 3 answered on the worker");
     // Files of every size, whole and in part.
     assert_eq!(get(addr, "/small.txt", &[]).text(), "small file\n");
     for (name, len) in [("mid.bin", 64 * 1024), ("large.bin", 300 * 1024 + 7)] {
@@ -96,16 +117,40 @@ fn check_rules(server: &Lameduck, site: &TempDir) {
     assert_eq!(resp.status, 301);
     assert_eq!(resp.header("location"), Some("/dir/"));
     assert_eq!(get(addr, "/dir/", &[]).text(), "index\n");
-    // Not a regular file: a FIFO is refused, and opening it holds nothing up.
+    // Not a regular file: a FIFO is refused, and never opened for reading (that would
+    // release a writer waiting in `open`, and answer it with a hang-up).
     let fifo = site.path().join("fifo");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     #[allow(unsafe_code)]
     // SAFETY: `c` is a NUL-terminated path, alive for the call.
     let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
     assert_eq!(rc, 0, "mkfifo");
+    let (opened_tx, opened) = std::sync::mpsc::channel();
+    let writer_path = fifo.clone();
+    std::thread::spawn(move || {
+        // Blocks until some process opens the FIFO for reading.
+        let writer = std::fs::OpenOptions::new().write(true).open(&writer_path);
+        let _ = opened_tx.send(writer.is_ok());
+    });
+    std::thread::sleep(Duration::from_millis(100));
     for _ in 0..3 {
         assert_eq!(get(addr, "/fifo", &[]).status, 404);
     }
+    assert!(
+        opened.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the server opened the FIFO for reading"
+    );
+    // Release the writer: a reader of our own.
+    let reader = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap()
+    };
+    assert_eq!(opened.recv_timeout(Duration::from_secs(10)), Ok(true));
+    drop(reader);
     assert_eq!(get(addr, "/small.txt", &[]).status, 200);
     std::fs::remove_file(&fifo).unwrap();
 }
@@ -113,7 +158,7 @@ fn check_rules(server: &Lameduck, site: &TempDir) {
 #[test]
 fn with_the_cache_off_files_answered_on_the_workers_keep_every_rule() {
     let (site, _outside) = site("worker-path-uncached");
-    let server = Lameduck::serve(&[site.arg(), "--cache-size", "0"], false);
+    let server = Lameduck::serve(&[site.arg(), "--cache-size", "0"], true);
     check_rules(&server, &site);
     // Always fresh without a cache: a rewrite and a rename are served at once.
     site.write("large.bin", b"rewritten\n");
@@ -128,6 +173,6 @@ fn with_the_cache_off_files_answered_on_the_workers_keep_every_rule() {
 #[test]
 fn with_the_cache_on_the_same_rules_hold() {
     let (site, _outside) = site("worker-path-cached");
-    let server = Lameduck::serve(&[site.arg()], false);
+    let server = Lameduck::serve(&[site.arg()], true);
     check_rules(&server, &site);
 }
