@@ -1239,46 +1239,43 @@ fn open_root_cached(root: &Path) -> io::Result<std::os::fd::OwnedFd> {
 }
 
 /// The regular file `rel` under `root`, open for reading, and its metadata; `Ok(None)` for
-/// anything else (a directory, a FIFO, a device), which is never opened for reading: opening
-/// one can act (a FIFO's writer is released, a device's driver runs). Looked up from the
-/// dentry cache alone (`EAGAIN` if a name on the way is not cached), through no symbolic link
-/// (`ELOOP`), within the root's mount (`EXDEV`: what is mounted below the root may be a file
-/// system whose `open` waits), as an `O_PATH` descriptor; then, a regular file, reopened for
-/// reading through `/proc/self/fd` (the same inode, no second lookup of the path).
+/// anything else (a directory, a FIFO, a device), which is not opened for reading: opening
+/// one can act (a FIFO's waiting writer is released, a device's driver runs).
+///
+/// Looked up from the dentry cache alone (`EAGAIN` if a name on the way is not cached),
+/// through no symbolic link (`ELOOP`), within the root's mount (`EXDEV`: what is mounted
+/// below the root may be a file system whose `open` waits): first as an `O_PATH` descriptor,
+/// whose `fstat` says what it is; a regular file is then opened for reading by the same
+/// path, and must be the same inode (`Ok(None)` if it is not). Reopening through
+/// `/proc/self/fd` would leave no gap between the two at all, but costs twice as much: a
+/// FIFO swapped in for the file in that gap (by someone who may write into the root) is
+/// opened, non-blocking, and closed at once.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
 fn open_regular_cached(
     root: &std::os::fd::OwnedFd,
     rel: &Path,
 ) -> io::Result<Option<(std::fs::File, std::fs::Metadata)>> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _};
-    let found = std::fs::File::from(openat2(
-        Some(root),
-        rel,
-        libc::O_PATH,
-        libc::RESOLVE_BENEATH
-            | libc::RESOLVE_NO_SYMLINKS
-            | libc::RESOLVE_NO_MAGICLINKS
-            | libc::RESOLVE_NO_XDEV,
-    )?);
+    use std::os::unix::fs::MetadataExt as _;
+    let resolve = libc::RESOLVE_BENEATH
+        | libc::RESOLVE_NO_SYMLINKS
+        | libc::RESOLVE_NO_MAGICLINKS
+        | libc::RESOLVE_NO_XDEV;
+    let found = std::fs::File::from(openat2(Some(root), rel, libc::O_PATH, resolve)?);
     let meta = found.metadata()?;
     if !meta.is_file() {
         return Ok(None);
     }
-    let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{}", found.as_raw_fd()))?;
-    // SAFETY: `proc_path` is a NUL-terminated string alive for the call. /proc is in memory:
-    // the lookup never waits on a disk.
-    let fd = unsafe {
-        libc::open(
-            proc_path.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+    let file = std::fs::File::from(openat2(
+        Some(root),
+        rel,
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+        resolve,
+    )?);
+    let now = file.metadata()?;
+    if (now.dev(), now.ino()) != (meta.dev(), meta.ino()) {
+        return Ok(None);
     }
-    // SAFETY: `fd` was just opened and is owned by nothing else.
-    Ok(Some((unsafe { std::fs::File::from_raw_fd(fd) }, meta)))
+    Ok(Some((file, now)))
 }
 
 /// Whether the file system under `dir` is one [`opens_without_waiting`] trusts.
