@@ -545,9 +545,21 @@ impl Files {
             // open between chunks (it reopens the same file, checked by identity, for each
             // one) and starts with a small chunk that grows as the client keeps up: a stalled
             // stream holds one small buffer and no descriptor.
+            // Each reopen happens on the async worker only where it cannot wait: a file on a
+            // local file system, its path in the dentry cache. Anywhere else (FUSE, NFS) an
+            // `open` is a request to a daemon or a server, and it goes to the blocking pool
+            // with the read.
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            let on_worker = self.nowait_open && local_fs(&file);
+            #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+            let on_worker = false;
             match FileIdentity::of(&file) {
                 Ok(identity) => Body::File(FileStream::new(
-                    Source::Reopen { path, identity },
+                    Source::Reopen {
+                        path,
+                        identity: Arc::new(identity),
+                        on_worker,
+                    },
                     start,
                     count,
                     FIRST_CHUNK_H2,
@@ -1097,7 +1109,10 @@ enum Source {
     /// connection holds many responses that its client may stall).
     Reopen {
         path: PathBuf,
-        identity: FileIdentity,
+        identity: Arc<FileIdentity>,
+        /// Whether the reopen may be tried on the async worker (see [`reopen_cached`]);
+        /// otherwise it runs in the blocking pool, with the read.
+        on_worker: bool,
     },
     /// Sent by the kernel (`sendfile`) on plain HTTP/1: the body yields stand-in chunks
     /// that the connection's socket replaces with the file's bytes.
@@ -1143,6 +1158,29 @@ fn open_checked(path: &Path, identity: &FileIdentity) -> io::Result<std::fs::Fil
         return Err(io::Error::other("file changed while being sent"));
     }
     Ok(file)
+}
+
+/// The file at `path` (a canonical path: no symbolic link on the way), reopened from the
+/// dentry cache alone and still the file `identity` describes; `None` if that cannot be done
+/// without waiting (a name not cached, a link that appeared on the way, no `openat2`) or
+/// the file changed: then the blocking pool opens it ([`open_checked`], which reports a
+/// change).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn reopen_cached(path: &Path, identity: &FileIdentity) -> Option<std::fs::File> {
+    let fd = openat2(
+        None,
+        path,
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    )
+    .ok()?;
+    let file = std::fs::File::from(fd);
+    (FileIdentity::of(&file).ok()? == *identity).then_some(file)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn reopen_cached(_path: &Path, _identity: &FileIdentity) -> Option<std::fs::File> {
+    None
 }
 
 /// Whether `openat2` with `RESOLVE_CACHED` works here (Linux 5.12 and later); cleared by
@@ -1278,11 +1316,10 @@ fn open_regular_cached(
     Ok(Some((file, now)))
 }
 
-/// Whether the file system under `dir` is one [`opens_without_waiting`] trusts.
+/// Whether the file system `dir` (or a file) is on is one [`opens_without_waiting`] trusts.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
-fn local_fs(dir: &std::os::fd::OwnedFd) -> bool {
-    use std::os::fd::AsRawFd as _;
+fn local_fs(dir: &impl std::os::fd::AsRawFd) -> bool {
     // SAFETY: an all-zero `statfs` is valid; the call fills it; `dir` is open.
     let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstatfs(dir.as_raw_fd(), &mut fs) } != 0 {
@@ -1438,7 +1475,21 @@ impl FileStream {
             }
             let file = match &self.source {
                 Source::Open(file) => Arc::clone(file),
-                Source::Reopen { path, identity } => Arc::new(open_checked(path, identity)?),
+                Source::Reopen {
+                    path,
+                    identity,
+                    on_worker,
+                } => match on_worker.then(|| reopen_cached(path, identity)).flatten() {
+                    Some(file) => Arc::new(file),
+                    None => {
+                        let (path, identity, offset) =
+                            (path.clone(), Arc::clone(identity), self.offset);
+                        self.pending = Some(tokio::task::spawn_blocking(move || {
+                            read_at(&open_checked(&path, &identity)?, offset, want, false)
+                        }));
+                        continue;
+                    }
+                },
                 #[cfg(target_os = "linux")]
                 Source::SendFile { file, .. } => {
                     // The first and the last byte stand for the chunk (sequential readahead

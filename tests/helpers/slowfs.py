@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """A FUSE passthrough of SOURCE at MOUNT on which the first read of a file named `slow*`
 (the read at offset 0) takes DELAY seconds: a cold, slow disk seeking to a file, for
-lameduck's tests. Usage: slowfs.py SOURCE MOUNT DELAY. Runs in the foreground until
+lameduck's tests. A file named `reopen*` is quick to open once; its second open takes
+DELAY seconds (an `open` is a request to this daemon, as to a network file system's server). Usage: slowfs.py SOURCE MOUNT DELAY. Runs in the foreground until
 unmounted or killed."""
 import os
 import sys
+import threading
 import time
 
 from fuse import FUSE, FuseOSError, Operations
@@ -12,6 +14,7 @@ from fuse import FUSE, FuseOSError, Operations
 class SlowFS(Operations):
     def __init__(self, root, delay):
         self.root, self.delay = root, delay
+        self.opens, self.opens_lock = {}, threading.Lock()
     def _p(self, path):
         return os.path.join(self.root, path.lstrip("/"))
     def getattr(self, path, fh=None):
@@ -23,6 +26,12 @@ class SlowFS(Operations):
     def readdir(self, path, fh):
         return [".", ".."] + os.listdir(self._p(path))
     def open(self, path, flags):
+        if os.path.basename(path).startswith("reopen"):
+            with self.opens_lock:
+                self.opens[path] = self.opens.get(path, 0) + 1
+                nth = self.opens[path]
+            if nth == 2:
+                time.sleep(self.delay)
         return os.open(self._p(path), flags)
     def read(self, path, size, offset, fh):
         if offset == 0 and os.path.basename(path).startswith("slow"):
