@@ -2,7 +2,9 @@
 //! `RESOLVE_CACHED`, reads with `RWF_NOWAIT`), keep every rule of the blocking path. With
 //! `--cache-size 0` every file takes that path first (with the cache on, only files too
 //! large for it); links, directories and names the kernel has not cached fall back to the
-//! blocking pool. Real binary, real sockets.
+//! blocking pool. An HTTP/2 file body reopens its file for each chunk there too, and a file
+//! replaced or rewritten midway ends the stream: no byte of the new file follows the old
+//! one's. Real binary, real sockets.
 #![cfg(unix)]
 
 mod util;
@@ -175,4 +177,118 @@ fn with_the_cache_on_the_same_rules_hold() {
     let (site, _outside) = site("worker-path-cached");
     let server = Lameduck::serve(&[site.arg()], true);
     check_rules(&server, &site);
+}
+
+/// One HTTP/2 download of `path` whose client window starts at 16 KiB: the server sends the
+/// body's first chunks and waits. `change` runs then; the window is opened, and the rest is
+/// read. Returns the bytes that came and whether the stream ended cleanly.
+fn h2_download_changed_midway(
+    addr: std::net::SocketAddr,
+    path: &str,
+    change: impl FnOnce(),
+) -> (Vec<u8>, bool) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(16 * 1024)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .expect("h2 handshake");
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut client = client.ready().await.expect("ready");
+        let req = http::Request::get(format!("http://{addr}{path}"))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(req, true).expect("send");
+        let resp = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("response in time")
+            .expect("response");
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        // The first window's worth, read without giving capacity back: the server stops.
+        while got.len() < 16 * 1024 {
+            match tokio::time::timeout(Duration::from_secs(10), body.data()).await {
+                Ok(Some(Ok(data))) => got.extend_from_slice(&data),
+                other => panic!("the first 16 KiB did not come: {other:?}"),
+            }
+        }
+        change();
+        let _ = body.flow_control().release_capacity(got.len());
+        let clean = loop {
+            match tokio::time::timeout(Duration::from_secs(10), body.data()).await {
+                Ok(Some(Ok(data))) => {
+                    let _ = body.flow_control().release_capacity(data.len());
+                    got.extend_from_slice(&data);
+                }
+                Ok(Some(Err(_))) => break false,
+                Ok(None) => break true,
+                Err(_) => panic!("the download stalled after the window was opened"),
+            }
+        };
+        driver.abort();
+        (got, clean)
+    })
+}
+
+#[test]
+fn an_http2_download_never_mixes_bytes_from_a_file_replaced_or_rewritten_midway() {
+    let dir = TempDir::new("h2-reopen");
+    let old = pattern(1 << 20);
+    let new: Vec<u8> = old.iter().map(|b| b.wrapping_add(1)).collect();
+    dir.write("big.bin", &old);
+    let server = Lameduck::serve(&[dir.arg()], false);
+    let addr = server.addr;
+
+    // Unchanged: every byte, in order (each chunk reopens the file).
+    let (got, clean) = h2_download_changed_midway(addr, "/big.bin", || {});
+    assert!(clean, "an unchanged download ends cleanly");
+    assert!(
+        got == old,
+        "{} bytes, not the file's {}",
+        got.len(),
+        old.len()
+    );
+
+    let check = |what: &str, got: &[u8], clean: bool| {
+        assert!(
+            !clean,
+            "{what}: the stream must not end as if the file were whole"
+        );
+        assert!(got.len() < old.len(), "{what}: {} bytes came", got.len());
+        assert!(
+            got == &old[..got.len()],
+            "{what}: bytes of the new file were sent after the old one's"
+        );
+    };
+
+    // Replaced by rename: another inode, and the download must not go on with it.
+    let path = dir.path().join("big.bin");
+    let (got, clean) = h2_download_changed_midway(addr, "/big.bin", || {
+        let tmp = dir.write("big.bin.tmp", &new);
+        std::fs::rename(&tmp, &path).unwrap();
+    });
+    check("replaced", &got, clean);
+
+    // Rewritten in place, the same length: the same inode, a new modification time.
+    dir.write("big.bin", &old);
+    let (got, clean) = h2_download_changed_midway(addr, "/big.bin", || {
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&path, &new).unwrap();
+    });
+    check("rewritten", &got, clean);
+
+    // And the new file is what the next download gets.
+    let (got, clean) = h2_download_changed_midway(addr, "/big.bin", || {});
+    assert!(
+        clean && got == new,
+        "the next download is the new file whole"
+    );
 }
