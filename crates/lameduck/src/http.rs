@@ -1024,6 +1024,23 @@ fn after(d: Duration) -> Instant {
     instant_after(Instant::now(), d)
 }
 
+/// Runs the write `io` on `socket` once tokio sees it writable, again after each
+/// `WouldBlock` (which clears that readiness), and returns its result.
+#[cfg(target_os = "linux")]
+fn poll_when_writable<T>(
+    socket: &TcpStream,
+    cx: &mut Context<'_>,
+    mut io: impl FnMut() -> io::Result<T>,
+) -> Poll<io::Result<T>> {
+    loop {
+        ready!(socket.poll_write_ready(cx))?;
+        match socket.try_io(tokio::io::Interest::WRITABLE, &mut io) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return Poll::Ready(result),
+        }
+    }
+}
+
 /// One request in flight; dropped when its response body is finished (or abandoned).
 struct InFlight(Arc<ConnState>);
 
@@ -1409,15 +1426,8 @@ impl TimedIo {
     /// Sends the file range queued for the stand-in chunk at the front of hyper's buffer.
     #[cfg(target_os = "linux")]
     fn poll_sendfile(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.inner.poll_write_ready(cx))?;
-            match self.inner.try_io(tokio::io::Interest::WRITABLE, || {
-                self.state.sendfile.send(&self.inner, len)
-            }) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        let (inner, queue) = (&self.inner, &self.state.sendfile);
+        poll_when_writable(inner, cx, || queue.send(inner, len))
     }
 
     /// Writes what precedes a stand-in (a response head, and whatever hyper queued before
@@ -1441,15 +1451,9 @@ impl TimedIo {
             sendfile::send_more(inner, head)
         }) {
             Some(result) => result?,
-            None => loop {
-                ready!(self.inner.poll_write_ready(cx))?;
-                match self.inner.try_io(tokio::io::Interest::WRITABLE, || {
-                    sendfile::send_more(&self.inner, head)
-                }) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    result => break result?,
-                }
-            },
+            None => ready!(poll_when_writable(inner, cx, || sendfile::send_more(
+                inner, head
+            )))?,
         };
         if written < want {
             return Poll::Ready(Ok(written));
