@@ -4,7 +4,8 @@ nginx, caddy (`caddy file-server`) and static-web-server (when installed).
 
 Measures, as medians over interleaved rounds, with ratios against lameduck:
 - small files (90 B, 4 KiB, 64 KiB) and a 1 MiB one (above the cache limit):
-  `wrk -t2 -c50` requests/s and p99, keep-alive and with `Connection: close`, with
+  `wrk -t2 -c50` requests/s and p99, keep-alive and with `Connection: close`, the server's
+  CPU time per request and the machine's idle share in the same runs, with
   `lameduck serve --cache-size 0` as a column of its own (it opens each file per request,
   as nginx without `open_file_cache` does);
 - HTTP/2 cleartext (prior knowledge) on the 90 B file: `h2load -c 20 -m 10`;
@@ -120,14 +121,50 @@ def to_ms(value, unit):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url, duration, close):
+def cpu_ticks(pid):
+    """CPU time (user + system, in clock ticks) of pid and its descendants."""
+    total, pids, seen = 0, [pid], set()
+    while pids:
+        p = pids.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    pids.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def machine_ticks():
+    """(idle, steal, all) clock ticks of the machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return v[3] + v[4], v[7], sum(v)
+
+
+def wrk(url, duration, close, pid):
+    """requests/s, p99 (ms), and what the run cost: the server's CPU time per request (µs,
+    pid and its descendants) and the machine's idle and stolen shares of the run."""
     cmd = ["wrk", "-t2", "-c50", f"-d{duration}s", "--latency"]
     if close:
         cmd += ["-H", "Connection: close"]
+    cpu0, (idle0, steal0, all0) = cpu_ticks(pid), machine_ticks()
     out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    cpu1, (idle1, steal1, all1) = cpu_ticks(pid), machine_ticks()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    return rps, to_ms(*m.groups()) if m else float("nan")
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    span = max(all1 - all0, 1)
+    cost = ((cpu1 - cpu0) * tick_us / max(requests, 1),
+            100.0 * (idle1 - idle0) / span, 100.0 * (steal1 - steal0) / span)
+    return rps, to_ms(*m.groups()) if m else float("nan"), cost
 
 
 def h2load(url, requests):
@@ -220,15 +257,18 @@ def main():
             servers.append(starter(www, sub))
         rps = {}
         p99 = {}
+        cost = {}
         h2 = {}
         large = {}
         for _ in range(args.rounds):
             for size, (path, _) in files.items():
                 for close in (False, True):
                     for s in servers:
-                        r, p = wrk(f"http://127.0.0.1:{s.port}{path}", args.duration, close)
+                        r, p, c = wrk(f"http://127.0.0.1:{s.port}{path}", args.duration, close,
+                                      s.proc.pid)
                         rps.setdefault((size, close, s.name), []).append(r)
                         p99.setdefault((size, close, s.name), []).append(p)
+                        cost.setdefault((size, close, s.name), []).append(c)
             for s in servers:
                 if s.h2_port:
                     h2.setdefault(s.name, []).append(
@@ -281,6 +321,19 @@ def main():
             for n in wrk_names:
                 r, p = med(rps[(size, close, n)]), med(p99[(size, close, n)])
                 cells.append(f"{r:,.0f} ({ratio(r, base)}), {p:.2f} ms")
+            out.append(f"| {size} | " + " | ".join(cells) + " |")
+        out.append(f"\nThe same runs, {mode}: the server's CPU time per request in µs (its "
+                   "processes and threads, from /proc), and the machine's idle / stolen share "
+                   "of the run. wrk shares the two cores: where a server leaves them idle, it "
+                   "is not the server's CPU that bounds requests/s\n")
+        out.append("| file | " + " | ".join(wrk_names) + " |")
+        out.append("|---|" + "---|" * len(wrk_names))
+        for size in files:
+            cells = []
+            for n in wrk_names:
+                runs = cost[(size, close, n)]
+                cells.append(f"{med([c[0] for c in runs]):.1f} µs, "
+                             f"{med([c[1] for c in runs]):.0f}% / {med([c[2] for c in runs]):.0f}%")
             out.append(f"| {size} | " + " | ".join(cells) + " |")
         if "nginx" in wrk_names and "lameduck, no cache" in wrk_names:
             pairs = ", ".join(
