@@ -549,10 +549,7 @@ impl Files {
             // local file system, its path in the dentry cache. Anywhere else (FUSE, NFS) an
             // `open` is a request to a daemon or a server, and it goes to the blocking pool
             // with the read.
-            #[cfg(all(target_os = "linux", target_env = "gnu"))]
             let on_worker = self.nowait_open && local_fs(&file);
-            #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-            let on_worker = false;
             match FileIdentity::of(&file) {
                 Ok(identity) => Body::File(FileStream::new(
                     Source::Reopen {
@@ -1109,6 +1106,8 @@ enum Source {
     /// connection holds many responses that its client may stall).
     Reopen {
         path: PathBuf,
+        /// Shared with the reads in the blocking pool, and kept out of line: inline, it
+        /// would make every response body larger.
         identity: Arc<FileIdentity>,
         /// Whether the reopen may be tried on the async worker (see [`reopen_cached`]);
         /// otherwise it runs in the blocking pool, with the read.
@@ -1192,18 +1191,8 @@ static OPENAT2_CACHED: std::sync::atomic::AtomicBool = std::sync::atomic::Atomic
 /// wait: a FUSE or network file system may (its `open` is a request to a daemon or a
 /// server), so there every file request goes to the blocking pool.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
 fn opens_without_waiting(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt as _;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: an all-zero `statfs` is valid; the call fills it; `path` is NUL-terminated.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut fs) } != 0 {
-        return false;
-    }
-    local_fs_type(&fs)
+    std::fs::File::open(dir).is_ok_and(|d| local_fs(&d))
 }
 
 /// ext2/3/4, XFS, Btrfs, F2FS, tmpfs, overlayfs (as container images are: its layers are
@@ -1326,6 +1315,12 @@ fn local_fs(dir: &impl std::os::fd::AsRawFd) -> bool {
         return false;
     }
     local_fs_type(&fs)
+}
+
+/// Elsewhere, no file system is trusted so.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn local_fs<T>(_: &T) -> bool {
+    false
 }
 
 /// `count` bytes at `start`, all from the page cache: `Ok(None)` as soon as any of them

@@ -10,6 +10,7 @@
 
 mod util;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -18,7 +19,6 @@ use std::time::{Duration, Instant};
 use util::{Lameduck, TempDir, get};
 
 /// How long each read of a `slow*` file (and the second open of a `reopen*` one) takes.
-const DELAY_S: &str = "3";
 const DELAY: Duration = Duration::from_secs(3);
 
 /// The FUSE file system, unmounted and stopped on drop.
@@ -31,7 +31,8 @@ impl SlowFs {
     fn mount(source: &TempDir, mount: &TempDir) -> SlowFs {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/helpers/slowfs.py");
         let child = Command::new("python3")
-            .args([script, source.arg(), mount.arg(), DELAY_S])
+            .args([script, source.arg(), mount.arg()])
+            .arg(DELAY.as_secs().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -65,6 +66,73 @@ fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 13 % 251) as u8 + 1).collect()
 }
 
+/// How one slow request ended: what it was, its status (0: curl failed), its body, and when
+/// (since the slow requests started).
+type Done = (String, u16, Vec<u8>, Duration);
+
+/// One HTTP/2 download (curl, prior knowledge) on its own thread; sends how it ended on `done`.
+fn h2_download(addr: SocketAddr, path: &str, done: mpsc::Sender<Done>, started: Instant) {
+    let url = format!("http://{addr}{path}");
+    let what = format!("h2 {path}");
+    std::thread::spawn(move || {
+        let out = Command::new("curl")
+            .args(["--http2-prior-knowledge", "-s", "--max-time", "60"])
+            .arg(url)
+            .stdin(Stdio::null())
+            .output()
+            .expect("curl");
+        let status = if out.status.success() { 200 } else { 0 };
+        let _ = done.send((what, status, out.stdout, started.elapsed()));
+    });
+}
+
+/// While the slow requests wait, the hot file is answered: five requests for it, every one
+/// answered before any slow response arrives. Returns when they were (since `started`).
+fn hot_answered_first(addr: SocketAddr, done: &mpsc::Receiver<Done>, started: Instant) -> Duration {
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        assert_eq!(get(addr, "/hot.txt", &[]).text(), "hot\n");
+    }
+    let fast_by = started.elapsed();
+    if let Ok((what, status, body, at)) = done.try_recv() {
+        panic!(
+            "a slow response ({DELAY:?} on the disk: {what}, {status}, {} bytes, at {at:?}) \
+             finished before the hot requests were answered: they waited behind it",
+            body.len()
+        );
+    }
+    fast_by
+}
+
+/// Waits for every slow request (60 s at most each): each one `200` with the bytes `want`
+/// says for it, after the hot ones. Returns how many there were.
+fn all_answered<'a>(
+    done: &mpsc::Receiver<Done>,
+    fast_by: Duration,
+    want: impl Fn(&str) -> &'a [u8],
+) -> usize {
+    let mut finished = 0;
+    while let Ok((what, status, body, at)) = done.recv_timeout(Duration::from_secs(60)) {
+        assert_eq!(status, 200, "{what}");
+        let want = want(&what);
+        let differ = body.iter().zip(want.iter()).position(|(a, b)| a != b);
+        assert!(
+            body == want,
+            "{what}: the bytes differ: {} bytes of {}, first difference at {differ:?}: {:?} for {:?}",
+            body.len(),
+            want.len(),
+            differ.map(|i| &body[i..(i + 12).min(body.len())]),
+            differ.map(|i| &want[i..(i + 12).min(want.len())])
+        );
+        assert!(
+            at > fast_by,
+            "{what} answered at {at:?}, hot ones by {fast_by:?}"
+        );
+        finished += 1;
+    }
+    finished
+}
+
 #[test]
 fn hot_files_are_answered_while_slow_disk_reads_are_in_flight() {
     let source = TempDir::new("slowdisk-src");
@@ -89,82 +157,22 @@ fn hot_files_are_answered_while_slow_disk_reads_are_in_flight() {
         let done_tx = done_tx.clone();
         std::thread::spawn(move || {
             let resp = get(addr, path, &[]);
-            let _ = done_tx.send((path, resp.status, resp.body, started.elapsed()));
+            let _ = done_tx.send((path.to_owned(), resp.status, resp.body, started.elapsed()));
         });
     }
-    // And the large one over HTTP/2 (curl, prior knowledge): chunks read in the pool.
-    {
-        let done_tx = done_tx.clone();
-        std::thread::spawn(move || {
-            let out = Command::new("curl")
-                .args(["--http2-prior-knowledge", "-s", "--max-time", "60"])
-                .arg(format!("http://{addr}/slow-large.bin"))
-                .stdin(Stdio::null())
-                .output()
-                .expect("curl");
-            let status = if out.status.success() { 200 } else { 0 };
-            let _ = done_tx.send(("h2 /slow-large.bin", status, out.stdout, started.elapsed()));
-        });
-    }
+    // And the large one over HTTP/2: chunks read in the pool.
+    h2_download(addr, "/slow-large.bin", done_tx.clone(), started);
     drop(done_tx);
-    std::thread::sleep(Duration::from_millis(300));
-    // While they wait on the disk, the hot file is answered: every one of these answers
-    // arrives before any slow response does.
-    for _ in 0..5 {
-        assert_eq!(get(addr, "/hot.txt", &[]).text(), "hot\n");
-    }
-    if let Ok((path, status, body, at)) = done.try_recv() {
-        panic!(
-            "a slow response ({DELAY_S} s on the disk: {path}, {status}, {} bytes, at \
-             {at:?}) finished before the hot requests were answered: they waited behind the \
-             slow reads",
-            body.len()
-        );
-    }
-    let fast_by = started.elapsed();
-    let mut finished = 0;
-    while let Ok((path, status, body, at)) = done.recv_timeout(Duration::from_secs(60)) {
-        assert_eq!(status, 200, "{path}");
-        let want = if path.ends_with("/slow.bin") {
+    let fast_by = hot_answered_first(addr, &done, started);
+    let finished = all_answered(&done, fast_by, |what| {
+        if what.ends_with("/slow.bin") {
             &small
         } else {
             &large
-        };
-        let differ = body.iter().zip(want.iter()).position(|(a, b)| a != b);
-        assert!(
-            body == *want,
-            "{path}: the bytes differ: {} bytes of {}, first difference at {differ:?}: {:?} for {:?}",
-            body.len(),
-            want.len(),
-            differ.map(|i| &body[i..(i + 12).min(body.len())]),
-            differ.map(|i| &want[i..(i + 12).min(want.len())])
-        );
-        assert!(
-            at > fast_by,
-            "{path} answered at {at:?}, hot ones by {fast_by:?}"
-        );
-        finished += 1;
-    }
+        }
+    });
     assert_eq!(finished, 5, "every slow request is answered");
     println!("hot requests answered by {fast_by:?}; slow ones then finished");
-}
-
-/// One HTTP/2 download (curl, prior knowledge) on its own thread; sends what it got on `done`.
-fn h2_download(
-    addr: std::net::SocketAddr,
-    path: &'static str,
-    done: mpsc::Sender<(&'static str, bool, Vec<u8>, Duration)>,
-    started: Instant,
-) {
-    std::thread::spawn(move || {
-        let out = Command::new("curl")
-            .args(["--http2-prior-knowledge", "-s", "--max-time", "60"])
-            .arg(format!("http://{addr}{path}"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("curl");
-        let _ = done.send((path, out.status.success(), out.stdout, started.elapsed()));
-    });
 }
 
 #[test]
@@ -198,38 +206,13 @@ fn http2_chunks_whose_reopen_waits_do_not_hold_the_workers() {
         h2_download(addr, p, done_tx.clone(), started);
     }
     drop(done_tx);
-    std::thread::sleep(Duration::from_millis(300));
-    for _ in 0..5 {
-        assert_eq!(get(addr, "/hot.txt", &[]).text(), "hot\n");
-    }
-    let fast_by = started.elapsed();
-    if let Ok((path, ok, got, at)) = done.try_recv() {
-        panic!(
-            "a download whose reopen waits {DELAY:?} ({path}, ok {ok}, {} bytes, at {at:?}) \
-             finished before the hot requests were answered",
-            got.len()
-        );
-    }
+    let fast_by = hot_answered_first(addr, &done, started);
     // On a worker, those opens would hold both workers until they return, and the hot
     // requests with them.
     assert!(
         fast_by < DELAY - Duration::from_millis(500),
         "the hot requests took {fast_by:?}: they waited behind reopens ({DELAY:?} each)"
     );
-    let mut finished = 0;
-    while let Ok((path, ok, got, at)) = done.recv_timeout(Duration::from_secs(60)) {
-        assert!(ok, "{path}: curl failed");
-        assert!(
-            got == body,
-            "{path}: {} bytes, not the file's {}",
-            got.len(),
-            body.len()
-        );
-        assert!(
-            at > fast_by,
-            "{path} answered at {at:?}, hot ones by {fast_by:?}"
-        );
-        finished += 1;
-    }
+    let finished = all_answered(&done, fast_by, |_| &body);
     assert_eq!(finished, paths.len(), "every download finishes");
 }
