@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: free ports, waiting for a server, stopping it."""
+"""Helpers shared by the benchmark scripts: free ports, waiting for a server, stopping it, and
+reading a server's process tree from /proc."""
 
 import os
 import signal
@@ -73,3 +74,33 @@ def start_nginx(d, servers, port):
                             start_new_session=True)
     wait_listening(port, proc)
     return proc, conf
+
+
+def tree(pid):
+    """pid and its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        if p in out:
+            continue
+        out.append(p)
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def cpu_ticks(pid):
+    """CPU time (user + system, in clock ticks) of pid and its descendants."""
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total

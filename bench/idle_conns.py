@@ -11,34 +11,24 @@ its own soft limit to the hard one).
 """
 
 import argparse
-import os
 import resource
 import shlex
 import socket
 import subprocess
 import time
 
-from benchlib import free_port, stop, wait_listening
+from benchlib import free_port, stop, tree, wait_listening
 
 
 def rss_kib(pid):
     """RSS of pid and its descendants, in KiB."""
     total = 0
-    pids = [pid]
-    seen = set()
-    while pids:
-        p = pids.pop()
-        if p in seen:
-            continue
-        seen.add(p)
+    for p in tree(pid):
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
                     if line.startswith("VmRSS:"):
                         total += int(line.split()[1])
-            for t in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{t}/children") as f:
-                    pids.extend(int(c) for c in f.read().split())
         except FileNotFoundError:
             pass
     return total

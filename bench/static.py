@@ -37,7 +37,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
-from benchlib import free_port, stop, wait_listening  # noqa: E402
+from benchlib import cpu_ticks, free_port, stop, wait_listening  # noqa: E402
 from idle_conns import idle_rss  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,26 +119,6 @@ def start_sws(www, _d):
 
 def to_ms(value, unit):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-def cpu_ticks(pid):
-    """CPU time (user + system, in clock ticks) of pid and its descendants."""
-    total, pids, seen = 0, [pid], set()
-    while pids:
-        p = pids.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-            for t in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{t}/children") as f:
-                    pids.extend(int(c) for c in f.read().split())
-        except FileNotFoundError:
-            pass
-    return total
 
 
 def machine_ticks():

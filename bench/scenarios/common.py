@@ -21,7 +21,7 @@ ROOT = os.path.dirname(BENCH)
 if BENCH not in sys.path:
     sys.path.insert(0, BENCH)
 
-from benchlib import free_port, stop, wait_listening  # noqa: E402
+from benchlib import free_port, stop, tree, wait_listening  # noqa: E402
 import static  # noqa: E402  (its starters: start_lameduck, start_nginx, start_caddy, start_sws)
 from idle_conns import open_idle  # noqa: E402,F401  (used by the scenarios through this module)
 
@@ -192,23 +192,6 @@ def wrk(url, duration, close=False, connections=50, threads=2):
             "p50_ms": to_ms(*lat["50"].groups()) if lat["50"] else None,
             "p99_ms": to_ms(*lat["99"].groups()) if lat["99"] else None,
             "errors": n_err}
-
-
-def tree(pid):
-    """pid and its descendants."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        if p in out:
-            continue
-        out.append(p)
-        try:
-            for t in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{t}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            pass
-    return out
 
 
 def fds(pid):
