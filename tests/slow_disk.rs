@@ -62,6 +62,37 @@ impl Drop for SlowFs {
     }
 }
 
+/// `lameduck serve` over the slow file system holding `files` and `hot.txt`, which has been
+/// asked for once (cached from then on). Dropped in field order: the server, then the file
+/// system, then its directories.
+struct SlowServer {
+    server: Lameduck,
+    _fs: SlowFs,
+    _mount: TempDir,
+    _source: TempDir,
+}
+
+impl SlowServer {
+    fn start(name: &str, files: &[(&str, &[u8])]) -> SlowServer {
+        let source = TempDir::new(&format!("{name}-src"));
+        let mount = TempDir::new(&format!("{name}-mnt"));
+        source.write("marker", b"up\n");
+        source.write("hot.txt", b"hot\n");
+        for (name, bytes) in files {
+            source.write(name, bytes);
+        }
+        let fs = SlowFs::mount(&source, &mount);
+        let server = Lameduck::serve(&[mount.arg()], false);
+        assert_eq!(get(server.addr, "/hot.txt", &[]).text(), "hot\n");
+        SlowServer {
+            server,
+            _fs: fs,
+            _mount: mount,
+            _source: source,
+        }
+    }
+}
+
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 13 % 251) as u8 + 1).collect()
 }
@@ -135,19 +166,13 @@ fn all_answered<'a>(
 
 #[test]
 fn hot_files_are_answered_while_slow_disk_reads_are_in_flight() {
-    let source = TempDir::new("slowdisk-src");
-    let mount = TempDir::new("slowdisk-mnt");
-    source.write("marker", b"up\n");
-    source.write("hot.txt", b"hot\n");
     let small = pattern(100_000);
     let large = pattern(3 << 20);
-    source.write("slow.bin", &small);
-    source.write("slow-large.bin", &large);
-    let _fs = SlowFs::mount(&source, &mount);
-    let server = Lameduck::serve(&[mount.arg()], false);
-    let addr = server.addr;
-    // Hot: cached from here on.
-    assert_eq!(get(addr, "/hot.txt", &[]).text(), "hot\n");
+    let slow = SlowServer::start(
+        "slowdisk",
+        &[("slow.bin", &small), ("slow-large.bin", &large)],
+    );
+    let addr = slow.server.addr;
 
     // More slow requests than the server has worker threads (two): small files (read whole
     // when the response is made), a large one over HTTP/1 (sendfile, warmed first).
@@ -177,10 +202,6 @@ fn hot_files_are_answered_while_slow_disk_reads_are_in_flight() {
 
 #[test]
 fn http2_chunks_whose_reopen_waits_do_not_hold_the_workers() {
-    let source = TempDir::new("slowopen-src");
-    let mount = TempDir::new("slowopen-mnt");
-    source.write("marker", b"up\n");
-    source.write("hot.txt", b"hot\n");
     // Above the cache's largest file and the whole-read limit (256 KiB): the HTTP/2 body
     // reopens its file for each chunk.
     let body = pattern(400_000);
@@ -190,13 +211,9 @@ fn http2_chunks_whose_reopen_waits_do_not_hold_the_workers() {
         "/reopen3.bin",
         "/reopen4.bin",
     ];
-    for p in paths {
-        source.write(&p[1..], &body);
-    }
-    let _fs = SlowFs::mount(&source, &mount);
-    let server = Lameduck::serve(&[mount.arg()], false);
-    let addr = server.addr;
-    assert_eq!(get(addr, "/hot.txt", &[]).text(), "hot\n");
+    let files: Vec<(&str, &[u8])> = paths.iter().map(|p| (&p[1..], &body[..])).collect();
+    let slow = SlowServer::start("slowopen", &files);
+    let addr = slow.server.addr;
 
     // Four downloads, twice the server's worker threads: each one's first chunk reopens its
     // file, and that open waits on the file system's daemon.
