@@ -2,8 +2,9 @@
 """A FUSE passthrough of SOURCE at MOUNT on which the first read of a file named `slow*`
 (the read at offset 0) takes DELAY seconds: a cold, slow disk seeking to a file, for
 lameduck's tests. A file named `reopen*` is quick to open once; its second open takes
-DELAY seconds (an `open` is a request to this daemon, as to a network file system's server). Usage: slowfs.py SOURCE MOUNT DELAY. Runs in the foreground until
-unmounted or killed."""
+DELAY seconds (an `open` is a request to this daemon, as to a network file system's
+server). Usage: slowfs.py SOURCE MOUNT DELAY. Runs in the foreground until unmounted or
+killed."""
 import os
 import sys
 import threading
