@@ -54,6 +54,8 @@ use crate::server::{IntoListener, Overload, Server, Slot};
 use crate::shutdown::{Phase, Shutdown, instant_after};
 
 #[cfg(target_os = "linux")]
+mod cork;
+#[cfg(target_os = "linux")]
 mod sendfile;
 #[cfg(target_os = "linux")]
 pub use sendfile::{MAX_CHUNK as SENDFILE_MAX_CHUNK, SendFile};
@@ -424,7 +426,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let state = Arc::new(ConnState::new(shared.timeouts));
+    let state = Arc::new(ConnState::new(shared.timeouts, &stream));
     let ctx = ConnCtx {
         _slot: slot,
         shutdown: conn.shutdown().clone(),
@@ -510,7 +512,16 @@ where
         }
         loop {
             tokio::select! {
-                result = &mut connection => return result,
+                result = std::future::poll_fn(|cx| {
+                    let poll = Pin::new(&mut connection).poll(cx);
+                    // Waiting (on the body, the client, the send buffer): nothing written may
+                    // stay corked meanwhile.
+                    #[cfg(target_os = "linux")]
+                    if poll.is_pending() {
+                        state.cork.release();
+                    }
+                    poll
+                }) => return result,
                 _ = &mut draining, if !drain_seen => {
                     drain_seen = true;
                     if proto == Proto::Http2 {
@@ -890,6 +901,16 @@ impl AsyncWrite for Io {
     }
 }
 
+/// Whether a `Connection` header lists `token` (case-insensitive), as hyper reads it.
+fn connection_has(headers: &http::HeaderMap, token: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|value| {
+        value.to_str().is_ok_and(|list| {
+            list.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
 /// What the timed I/O and the service share about one connection.
 struct ConnState {
     /// Reference point for the millisecond stamps below.
@@ -911,6 +932,9 @@ struct ConnState {
     /// File ranges to send in place of stand-in chunks ([`SendFile`]).
     #[cfg(target_os = "linux")]
     sendfile: sendfile::Queue,
+    /// Holds the last response's tail for the FIN ([`cork`]).
+    #[cfg(target_os = "linux")]
+    cork: cork::Cork,
 }
 
 const NONE: u64 = u64::MAX;
@@ -919,7 +943,7 @@ const NONE: u64 = u64::MAX;
 const SILENT_IS_IDLE: Duration = Duration::from_secs(1);
 
 impl ConnState {
-    fn new(timeouts: Timeouts) -> Self {
+    fn new(timeouts: Timeouts, _socket: &TcpStream) -> Self {
         ConnState {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
@@ -932,6 +956,8 @@ impl ConnState {
             timeouts,
             #[cfg(target_os = "linux")]
             sendfile: sendfile::Queue::default(),
+            #[cfg(target_os = "linux")]
+            cork: cork::Cork::new(_socket),
         }
     }
 
@@ -1081,6 +1107,12 @@ where
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let version = request.version();
         let in_flight = self.state.request_started(version);
+        // hyper closes the connection after this response.
+        let last = match version {
+            Version::HTTP_11 => connection_has(request.headers(), "close"),
+            Version::HTTP_10 | Version::HTTP_09 => !connection_has(request.headers(), "keep-alive"),
+            _ => false,
+        };
         let hosts = request.headers().get_all(HOST).iter().count();
         if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
             let why: &'static str = if hosts > 1 {
@@ -1104,6 +1136,8 @@ where
             h.insert(CONTENT_LENGTH, HeaderValue::from(why.len()));
             if version <= Version::HTTP_11 {
                 h.insert(CONNECTION, HeaderValue::from_static("close"));
+                #[cfg(target_os = "linux")]
+                self.state.cork.want();
             }
             return Box::pin(async move { Ok(response) });
         }
@@ -1131,10 +1165,22 @@ where
                 // timer, and the connection stays counted until the upgraded socket is dropped.
                 state.upgraded.store(true, Ordering::Relaxed);
                 state.idle_since_ms.store(state.now_ms(), Ordering::Relaxed);
-            } else if version <= Version::HTTP_11 && shutdown.is_draining() {
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            } else if version <= Version::HTTP_11 {
+                let last = if shutdown.is_draining() {
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                    true
+                } else {
+                    last || connection_has(response.headers(), "close")
+                };
+                // The bytes are written after this returns: cork before the first of them.
+                #[cfg(target_os = "linux")]
+                if last {
+                    state.cork.want();
+                }
+                #[cfg(not(target_os = "linux"))]
+                let _ = last;
             }
             // On HTTP/2 this runs on the stream's task: the body reports its progress there.
             let stream = STREAM.try_with(Arc::clone).ok();
@@ -1258,6 +1304,13 @@ enum Nodelay {
     Settled,
 }
 
+#[cfg(target_os = "linux")]
+impl Drop for TimedIo {
+    fn drop(&mut self) {
+        self.state.cork.forget();
+    }
+}
+
 impl TimedIo {
     fn new(
         inner: TcpStream,
@@ -1292,6 +1345,8 @@ impl TimedIo {
 
     /// Called before every write: moves toward `TCP_NODELAY`, setting it before the second.
     fn before_write(&mut self) {
+        #[cfg(target_os = "linux")]
+        self.state.cork.before_write(&self.inner);
         match self.nodelay {
             Nodelay::Settled => {}
             Nodelay::BeforeSecondWrite => self.nodelay = Nodelay::BeforeNextWrite,
@@ -1621,8 +1676,14 @@ impl AsyncWrite for TimedIo {
         // hyper shuts the write side down just before it drops the connection, and closing
         // the socket (the only descriptor for it) sends the same FIN after the same bytes: one
         // system call fewer per connection. An upgraded socket is the application's, which
-        // may half-close and go on reading: that one is shut down for real.
-        if !this.state.upgraded.load(Ordering::Relaxed) {
+        // may half-close and go on reading: that one is shut down for real. So is a corked
+        // last response: its tail goes out with the FIN now, not at the close, which would
+        // discard what is held if the client had sent more than was read.
+        #[cfg(target_os = "linux")]
+        let corked = this.state.cork.take_for_shutdown();
+        #[cfg(not(target_os = "linux"))]
+        let corked = false;
+        if !corked && !this.state.upgraded.load(Ordering::Relaxed) {
             return Poll::Ready(Ok(()));
         }
         let poll = Pin::new(&mut this.inner).poll_shutdown(cx);

@@ -4,6 +4,9 @@
 //! shortcut must not change what a client sees: requests arriving in pieces or pipelined, a
 //! keep-alive client coming back after a pause, `Connection: close` ending in a clean EOF, an
 //! upgraded socket that half-closes, and a dropped `serve` future that stops the server at once.
+//! On Linux a connection's last response is corked so that its tail and the FIN share a
+//! segment: the cork must never hold a keep-alive response or a paused body, and bytes the
+//! client sent that were never read must not cost it the response.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -282,10 +285,15 @@ fn served_from_block_on_the_accept_loop_runs_on_a_worker() {
     );
 }
 
-/// `TCP_NODELAY` of the server's end of the connection whose client end is `client`: the
+/// `TCP_NODELAY` of the server's end of the connection whose client end is `client`.
+fn server_nodelay(client: &TcpStream) -> bool {
+    server_socket(client, |sock| sock.tcp_nodelay().unwrap())
+}
+
+/// Calls `f` with the server's end of the connection whose client end is `client`: the
 /// server runs in this process, so its socket is one of this process's descriptors.
 #[allow(unsafe_code)]
-fn server_nodelay(client: &TcpStream) -> bool {
+fn server_socket<T>(client: &TcpStream, f: impl FnOnce(socket2::SockRef<'_>) -> T) -> T {
     use std::os::fd::BorrowedFd;
     let peer = client.local_addr().unwrap();
     for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
@@ -298,7 +306,7 @@ fn server_nodelay(client: &TcpStream) -> bool {
         let sock = socket2::SockRef::from(&fd);
         let Ok(addr) = sock.peer_addr() else { continue };
         if addr.as_socket() == Some(peer) {
-            return sock.tcp_nodelay().unwrap();
+            return f(sock);
         }
     }
     panic!("no server socket for {peer}");
@@ -326,4 +334,169 @@ async fn tcp_nodelay_is_set_before_the_second_write() {
         .unwrap();
         server.stop().await;
     }
+}
+
+/// Segments the client end of a connection has received so far (`tcpi_segs_in`).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn segments_in(s: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `tcp_info` is plain data, and the kernel writes at most `len` bytes of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_segs_in
+}
+
+/// A response that ends its connection (`Connection: close` on HTTP/1.1, HTTP/1.0 without
+/// keep-alive) reaches the client in as many segments as the same response kept alive: its
+/// tail and the FIN travel together. A keep-alive response is never left corked.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_response_and_its_fin_share_a_segment() {
+    let (l, addr) = listener();
+    let body = "x".repeat(4096);
+    let big = body.clone();
+    let app = app().route("/4k", get(move || async move { big }));
+    let server = Running::start(lameduck::http::serve(l, app));
+    tokio::task::spawn_blocking(move || {
+        for (path, expected) in [("/a", "aaa"), ("/4k", body.as_str())] {
+            // Kept alive: the response, then nothing held on the server's side.
+            let mut s = client(addr);
+            let mut pending = Vec::new();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+                .unwrap();
+            assert_eq!(read_response(&mut s, &mut pending).1, expected);
+            let kept_alive = segments_in(&s);
+            assert!(
+                !server_socket(&s, |sock| sock.tcp_cork().unwrap()),
+                "a keep-alive response left corked"
+            );
+            drop(s);
+
+            for request in [
+                format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+                format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n"),
+            ] {
+                let mut s = client(addr);
+                s.write_all(request.as_bytes()).unwrap();
+                let mut all = Vec::new();
+                s.read_to_end(&mut all).expect("EOF, not a reset");
+                let text = String::from_utf8_lossy(&all);
+                assert!(
+                    text.ends_with(&format!("\r\n\r\n{expected}")),
+                    "{request:?}"
+                );
+                // Without the cork: one more, the FIN on its own.
+                assert_eq!(
+                    segments_in(&s),
+                    kept_alive,
+                    "{request:?}: segments received, closed vs kept alive"
+                );
+            }
+        }
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
+
+/// A body that pauses on a connection's last response is not held back by the cork: what
+/// was sent is on the wire (the cork pulled) while the body waits.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_last_response_is_not_held() {
+    let (l, addr) = listener();
+    let go_on = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&go_on);
+    let app = app().route(
+        "/pause",
+        get(move || {
+            let notify = Arc::clone(&notify);
+            async move {
+                let chunks = futures_util::stream::unfold(0, move |n| {
+                    let notify = Arc::clone(&notify);
+                    async move {
+                        match n {
+                            0 => Some((Ok::<_, std::io::Error>("one;"), 1)),
+                            1 => {
+                                notify.notified().await;
+                                Some((Ok("two"), 2))
+                            }
+                            _ => None,
+                        }
+                    }
+                });
+                Body::from_stream(chunks)
+            }
+        }),
+    );
+    let server = Running::start(lameduck::http::serve(l, app));
+    tokio::task::spawn_blocking(move || {
+        let mut s = client(addr);
+        s.write_all(b"GET /pause HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut all = Vec::new();
+        while !String::from_utf8_lossy(&all).contains("one;") {
+            read_more(&mut s, &mut all);
+        }
+        assert!(
+            !server_socket(&s, |sock| sock.tcp_cork().unwrap()),
+            "the socket stayed corked while its body waited"
+        );
+        go_on.notify_one();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).expect("EOF, not a reset");
+        all.extend_from_slice(&rest);
+        let text = String::from_utf8_lossy(&all);
+        assert!(
+            text.contains("one;") && text.ends_with("two\r\n0\r\n\r\n"),
+            "{text}"
+        );
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
+
+/// Bytes the client sent that the server never read make closing the socket a reset, which
+/// throws away whatever the socket still holds: the corked tail of a last response must be
+/// on its way before that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_bytes_do_not_cost_a_last_response() {
+    let (l, addr) = listener();
+    let server = Running::start(lameduck::http::serve(l, app()));
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..10 {
+            let mut s = client(addr);
+            // A request, then far more than one read takes: the rest stays unread.
+            let mut request = b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_vec();
+            request.extend(std::iter::repeat_n(b'z', 256 * 1024));
+            // The server may reset the connection before all of it is written.
+            let _ = s.write_all(&request);
+            let mut all = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => all.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&all);
+            assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+            assert!(text.ends_with("\r\n\r\naaa"), "{text:?}");
+        }
+    })
+    .await
+    .unwrap();
+    server.stop().await;
 }
