@@ -1107,12 +1107,19 @@ where
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let version = request.version();
         let in_flight = self.state.request_started(version);
-        // hyper closes the connection after this response.
-        let last = match version {
-            Version::HTTP_11 => connection_has(request.headers(), "close"),
-            Version::HTTP_10 | Version::HTTP_09 => !connection_has(request.headers(), "keep-alive"),
-            _ => false,
-        };
+        // hyper closes the connection after this response, unless it hands the socket over
+        // (an upgrade asked for, a `CONNECT`: then it never shuts it down, whatever the answer).
+        let hands_over = request.method() == http::Method::CONNECT
+            || (version == Version::HTTP_11
+                && request.headers().contains_key(http::header::UPGRADE));
+        let last = !hands_over
+            && match version {
+                Version::HTTP_11 => connection_has(request.headers(), "close"),
+                Version::HTTP_10 | Version::HTTP_09 => {
+                    !connection_has(request.headers(), "keep-alive")
+                }
+                _ => false,
+            };
         let hosts = request.headers().get_all(HOST).iter().count();
         if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
             let why: &'static str = if hosts > 1 {
@@ -1137,7 +1144,9 @@ where
             if version <= Version::HTTP_11 {
                 h.insert(CONNECTION, HeaderValue::from_static("close"));
                 #[cfg(target_os = "linux")]
-                self.state.cork.want();
+                if !hands_over {
+                    self.state.cork.want();
+                }
             }
             return Box::pin(async move { Ok(response) });
         }
@@ -1170,9 +1179,9 @@ where
                     response
                         .headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
-                    true
+                    !hands_over
                 } else {
-                    last || connection_has(response.headers(), "close")
+                    last || (!hands_over && connection_has(response.headers(), "close"))
                 };
                 // The bytes are written after this returns: cork before the first of them.
                 #[cfg(target_os = "linux")]
@@ -1307,7 +1316,11 @@ enum Nodelay {
 #[cfg(target_os = "linux")]
 impl Drop for TimedIo {
     fn drop(&mut self) {
-        self.state.cork.forget();
+        // Dropped with the last response written but not shut down (an error, the drain
+        // deadline): the FIN goes now, before the close can reset what is held.
+        if self.state.cork.take_for_shutdown() {
+            let _ = socket2::SockRef::from(&self.inner).shutdown(std::net::Shutdown::Write);
+        }
     }
 }
 
@@ -1350,6 +1363,10 @@ impl TimedIo {
         match self.nodelay {
             Nodelay::Settled => {}
             Nodelay::BeforeSecondWrite => self.nodelay = Nodelay::BeforeNextWrite,
+            // Setting it pushes out what the cork holds: it waits until the cork is pulled
+            // (Nagle cannot hold anything meanwhile either).
+            #[cfg(target_os = "linux")]
+            Nodelay::BeforeNextWrite if self.state.cork.is_corked() => {}
             Nodelay::BeforeNextWrite => {
                 let _ = self.inner.set_nodelay(true);
                 self.nodelay = Nodelay::Settled;
@@ -1676,9 +1693,10 @@ impl AsyncWrite for TimedIo {
         // hyper shuts the write side down just before it drops the connection, and closing
         // the socket (the only descriptor for it) sends the same FIN after the same bytes: one
         // system call fewer per connection. An upgraded socket is the application's, which
-        // may half-close and go on reading: that one is shut down for real. So is a corked
-        // last response: its tail goes out with the FIN now, not at the close, which would
-        // discard what is held if the client had sent more than was read.
+        // may half-close and go on reading: that one is shut down for real. So is a socket
+        // that sent a last response (corked, or with its cork pulled): what it holds goes out
+        // with the FIN now, not at the close, which would discard it if the client had sent
+        // more than was read.
         #[cfg(target_os = "linux")]
         let corked = this.state.cork.take_for_shutdown();
         #[cfg(not(target_os = "linux"))]
@@ -1686,7 +1704,14 @@ impl AsyncWrite for TimedIo {
         if !corked && !this.state.upgraded.load(Ordering::Relaxed) {
             return Poll::Ready(Ok(()));
         }
-        let poll = Pin::new(&mut this.inner).poll_shutdown(cx);
+        let poll = match Pin::new(&mut this.inner).poll_shutdown(cx) {
+            // The peer is gone already (it reset the connection): nothing left to send, and
+            // no error, as when the close does it.
+            Poll::Ready(Err(e)) if corked && e.kind() == io::ErrorKind::NotConnected => {
+                Poll::Ready(Ok(()))
+            }
+            poll => poll,
+        };
         this.poll_write_side(cx, poll)
     }
 }
