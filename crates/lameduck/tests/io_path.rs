@@ -24,6 +24,9 @@ use hyper_util::rt::TokioIo;
 use lameduck::Phase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[cfg(target_os = "linux")]
+#[path = "support/tcp_info.rs"]
+mod tcp_info;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn listener() -> (TcpListener, SocketAddr) {
@@ -338,23 +341,8 @@ async fn tcp_nodelay_is_set_before_the_second_write() {
 
 /// Segments the client end of a connection has received so far (`tcpi_segs_in`).
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 fn segments_in(s: &TcpStream) -> u32 {
-    use std::os::fd::AsRawFd;
-    // SAFETY: `tcp_info` is plain data, and the kernel writes at most `len` bytes of it.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-    info.tcpi_segs_in
+    tcp_info::tcp_info(s).tcpi_segs_in
 }
 
 /// A response that ends its connection (`Connection: close` on HTTP/1.1, HTTP/1.0 without

@@ -24,6 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+#[path = "support/tcp_info.rs"]
+mod tcp_info;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Bytes that are never zero, so a stand-in's zeros reaching the client would show.
@@ -337,24 +339,8 @@ async fn without_the_option_no_request_gets_the_extension() {
 }
 
 /// Data segments `stream` has received (`tcpi_data_segs_in` of `TCP_INFO`).
-#[allow(unsafe_code)]
 fn data_segments_in(stream: &TcpStream) -> u32 {
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: an all-zero `tcp_info` is valid; the kernel fills at most `len` bytes of it
-    // and the socket is open for the whole call.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-    info.tcpi_data_segs_in
+    tcp_info::tcp_info(stream).tcpi_data_segs_in
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
