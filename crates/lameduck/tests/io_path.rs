@@ -5,8 +5,9 @@
 //! keep-alive client coming back after a pause, `Connection: close` ending in a clean EOF, an
 //! upgraded socket that half-closes, and a dropped `serve` future that stops the server at once.
 //! On Linux a connection's last response is corked so that its tail and the FIN share a
-//! segment: the cork must never hold a keep-alive response or a paused body, and bytes the
-//! client sent that were never read must not cost it the response.
+//! segment (a response under way when draining begins included): the cork must never hold a
+//! keep-alive response or a paused body, and bytes the client sent that were never read must
+//! not cost it the response.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -493,6 +494,80 @@ async fn unread_bytes_do_not_cost_a_last_response() {
         }
     });
     tokio::time::timeout(WAIT * 3, checks)
+        .await
+        .expect("checks in time")
+        .unwrap();
+    server.stop().await;
+}
+
+/// A response that was under way when draining began is the connection's last (it says
+/// `Connection: close`), and its tail travels with the FIN as on a `Connection: close`
+/// request: as many segments reach the client as for the same response kept alive.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_under_way_when_draining_begins_is_corked() {
+    let (l, addr) = listener();
+    let go_on = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&go_on);
+    let app = app().route(
+        "/held",
+        get(move || {
+            let notify = Arc::clone(&notify);
+            async move {
+                notify.notified().await;
+                "held"
+            }
+        }),
+    );
+    let server = Running::start(lameduck::http::serve(l, app));
+    let shutdown = server.shutdown.clone();
+    let checks = tokio::task::spawn_blocking(move || {
+        // The same response kept alive, held as long before it is answered (so both
+        // connections see the same acknowledgement of the request).
+        let mut s = client(addr);
+        let mut pending = Vec::new();
+        s.write_all(b"GET /held HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        thread::sleep(Duration::from_millis(100));
+        go_on.notify_one();
+        let (head, body) = read_response(&mut s, &mut pending);
+        assert_eq!(body, "held");
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+        let kept_alive = segments_in(&s);
+        drop(s);
+
+        let mut s = client(addr);
+        s.write_all(b"GET /held HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        thread::sleep(Duration::from_millis(50));
+        shutdown.trigger();
+        let since = std::time::Instant::now();
+        while !shutdown.is_draining() {
+            assert!(since.elapsed() < WAIT, "draining never began");
+            thread::sleep(Duration::from_millis(5));
+        }
+        thread::sleep(Duration::from_millis(50));
+        go_on.notify_one();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).expect("EOF, not a reset");
+        let text = String::from_utf8_lossy(&all);
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\nheld"), "{text}");
+        // Without the cork: one more, the FIN on its own.
+        assert_eq!(
+            segments_in(&s),
+            kept_alive,
+            "segments received, the drained response vs kept alive"
+        );
+    });
+    tokio::time::timeout(WAIT * 2, checks)
         .await
         .expect("checks in time")
         .unwrap();
