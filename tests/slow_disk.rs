@@ -5,7 +5,10 @@
 //! (chunks read in the pool when the page cache cannot answer), where each chunk reopens its
 //! file: an `open` that waits (here, the second open of a `reopen*` file) waits in the pool
 //! too, not on a worker. Needs python3 with fusepy,
-//! `fusermount`, /dev/fuse and curl (`.ci/run` installs them).
+//! `fusermount`, /dev/fuse and curl (`.ci/run` installs them). A local file system on a slow
+//! device (ext4 on a loop device over that FUSE file system, which needs root and
+//! `mkfs.ext4`) shows the `sendfile` path's page-cache probe: a file cached only at its start
+//! is warmed in the pool, not sent from a worker that would wait for the device.
 #![cfg(target_os = "linux")]
 
 mod util;
@@ -117,6 +120,30 @@ fn h2_download(addr: SocketAddr, path: &str, done: mpsc::Sender<Done>, started: 
     });
 }
 
+/// One HTTP/1 request (`Connection: close`) on its own thread; sends how it ended on `done`.
+fn h1_download(addr: SocketAddr, path: &'static str, done: mpsc::Sender<Done>, started: Instant) {
+    std::thread::spawn(move || {
+        let resp = get(addr, path, &[]);
+        let _ = done.send((path.to_owned(), resp.status, resp.body, started.elapsed()));
+    });
+}
+
+/// [`hot_answered_first`], and well within [`DELAY`]: the hot requests did not wait for
+/// one slow read to end (`behind` says what they would have waited behind).
+fn hot_answered_in_time(
+    addr: SocketAddr,
+    done: &mpsc::Receiver<Done>,
+    started: Instant,
+    behind: &str,
+) -> Duration {
+    let fast_by = hot_answered_first(addr, done, started);
+    assert!(
+        fast_by < DELAY - Duration::from_millis(500),
+        "the hot requests took {fast_by:?}: they waited behind {behind} ({DELAY:?} each)"
+    );
+    fast_by
+}
+
 /// While the slow requests wait, the hot file is answered: five requests for it, every one
 /// answered before any slow response arrives. Returns when they were (since `started`).
 fn hot_answered_first(addr: SocketAddr, done: &mpsc::Receiver<Done>, started: Instant) -> Duration {
@@ -179,11 +206,7 @@ fn hot_files_are_answered_while_slow_disk_reads_are_in_flight() {
     let (done_tx, done) = mpsc::channel();
     let started = Instant::now();
     for path in ["/slow.bin", "/slow.bin", "/slow.bin", "/slow-large.bin"] {
-        let done_tx = done_tx.clone();
-        std::thread::spawn(move || {
-            let resp = get(addr, path, &[]);
-            let _ = done_tx.send((path.to_owned(), resp.status, resp.body, started.elapsed()));
-        });
+        h1_download(addr, path, done_tx.clone(), started);
     }
     // And the large one over HTTP/2: chunks read in the pool.
     h2_download(addr, "/slow-large.bin", done_tx.clone(), started);
@@ -223,13 +246,140 @@ fn http2_chunks_whose_reopen_waits_do_not_hold_the_workers() {
         h2_download(addr, p, done_tx.clone(), started);
     }
     drop(done_tx);
-    let fast_by = hot_answered_first(addr, &done, started);
     // On a worker, those opens would hold both workers until they return, and the hot
     // requests with them.
-    assert!(
-        fast_by < DELAY - Duration::from_millis(500),
-        "the hot requests took {fast_by:?}: they waited behind reopens ({DELAY:?} each)"
-    );
+    let fast_by = hot_answered_in_time(addr, &done, started, "reopens");
     let finished = all_answered(&done, fast_by, |_| &body);
     assert_eq!(finished, paths.len(), "every download finishes");
+}
+
+/// A local file system on a slow device: ext4 in an image on the slow FUSE file system
+/// (`lag.img`: every read that reaches the daemon after `armed` is written waits until
+/// [`DELAY`] after it), attached read-only to a loop device and mounted. Unlike FUSE,
+/// `RWF_NOWAIT` works on it, so the server's page-cache probes run as on a real disk. `None`
+/// (the test is skipped, and says so) without root, a loop device or `mkfs.ext4`. Dropped:
+/// unmounted, detached, then the FUSE file system and the directories.
+struct SlowDevice {
+    ext: TempDir,
+    device: String,
+    _fs: SlowFs,
+    _mount: TempDir,
+    source: TempDir,
+}
+
+impl SlowDevice {
+    fn start(name: &str, files: &[(&str, &[u8])]) -> Option<SlowDevice> {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let mkfs = Command::new("mkfs.ext4")
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !root || !std::path::Path::new("/dev/loop-control").exists() || !mkfs {
+            eprintln!("skipped: needs root, a loop device and mkfs.ext4 (e2fsprogs)");
+            return None;
+        }
+        let tree = TempDir::new(&format!("{name}-tree"));
+        tree.write("hot.txt", b"hot\n");
+        for (name, bytes) in files {
+            tree.write(name, bytes);
+        }
+        let source = TempDir::new(&format!("{name}-src"));
+        source.write("marker", b"up\n");
+        let image = source.path().join("lag.img");
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d", tree.arg()])
+            .stdout(Stdio::null())
+            .arg(&image)
+            .arg("32M")
+            .status()
+            .expect("mkfs.ext4");
+        assert!(made.success(), "mkfs.ext4 -d failed");
+        let mount = TempDir::new(&format!("{name}-mnt"));
+        let fs = SlowFs::mount(&source, &mount);
+        let out = Command::new("losetup")
+            .args(["-r", "-f", "--show"])
+            .arg(mount.path().join("lag.img"))
+            .output()
+            .expect("losetup");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let device = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let ext = TempDir::new(&format!("{name}-ext"));
+        let dev = SlowDevice {
+            ext,
+            device,
+            _fs: fs,
+            _mount: mount,
+            source,
+        };
+        let mounted = Command::new("mount")
+            .args(["-t", "ext4", "-o", "ro", &dev.device, dev.ext.arg()])
+            .status()
+            .expect("mount");
+        assert!(mounted.success(), "mount of {} failed", dev.device);
+        Some(dev)
+    }
+
+    /// From now on, reads that reach the device wait (until [`DELAY`] from now).
+    fn arm(&self) {
+        self.source.write("armed", b"");
+    }
+}
+
+impl Drop for SlowDevice {
+    fn drop(&mut self) {
+        // Lazy: a server still holding a file open does not keep the device attached.
+        let _ = Command::new("umount").args(["-l", self.ext.arg()]).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+/// A large file whose first page is in the page cache and the rest is not (read in part
+/// before, or its later pages evicted) is warmed in the blocking pool before `sendfile`: the
+/// probe checks the chunk's last byte as well as its first. Were the first byte taken to
+/// stand for the chunk, each download's `sendfile` would wait for the device on a worker
+/// thread, and with more downloads than workers the hot file would wait behind them.
+#[test]
+fn a_file_cached_only_at_its_start_is_warmed_before_sendfile() {
+    let body = pattern(2 << 20);
+    let paths = ["/part1.bin", "/part2.bin", "/part3.bin", "/part4.bin"];
+    let files: Vec<(&str, &[u8])> = paths.iter().map(|p| (&p[1..], &body[..])).collect();
+    let Some(dev) = SlowDevice::start("slowdev", &files) else {
+        return;
+    };
+    // Each file's first page into the page cache (with what readahead brings, far less than
+    // the first 1 MiB chunk); the names into the dentry cache.
+    for p in paths {
+        let mut first = [0u8; 4096];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open(dev.ext.path().join(&p[1..])).unwrap(),
+            &mut first,
+        )
+        .unwrap();
+        assert_eq!(&first[..], &body[..4096]);
+    }
+    let server = Lameduck::serve(&[dev.ext.arg()], false);
+    let addr = server.addr;
+    assert_eq!(get(addr, "/hot.txt", &[]).text(), "hot\n");
+
+    dev.arm();
+    let (done_tx, done) = mpsc::channel();
+    let started = Instant::now();
+    // More downloads than the server has worker threads: HTTP/1, sent by `sendfile`.
+    for path in paths {
+        h1_download(addr, path, done_tx.clone(), started);
+    }
+    drop(done_tx);
+    let fast_by = hot_answered_in_time(addr, &done, started, "sendfile waiting for the device");
+    let finished = all_answered(&done, fast_by, |_| &body);
+    assert_eq!(finished, paths.len(), "every download finishes");
+    drop(server);
 }

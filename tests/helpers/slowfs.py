@@ -4,7 +4,12 @@
 lameduck's tests. A file named `reopen*` is quick to open once; its second open takes
 DELAY seconds (an `open` is a request to this daemon, as to a network file system's
 server). Usage: slowfs.py SOURCE MOUNT DELAY. Runs in the foreground until unmounted or
-killed."""
+killed.
+
+A file named `lag*` (a disk image, say, for a loop device) reads at full speed until a file
+named `armed` appears in SOURCE; from then on, every read of it that reaches this daemon
+waits until DELAY seconds after `armed` was written: a local file system on a slow device,
+whose pages already in the page cache answer at once and whose others wait."""
 import os
 import sys
 import threading
@@ -35,8 +40,16 @@ class SlowFS(Operations):
                 time.sleep(self.delay)
         return os.open(self._p(path), flags)
     def read(self, path, size, offset, fh):
-        if offset == 0 and os.path.basename(path).startswith("slow"):
+        name = os.path.basename(path)
+        if offset == 0 and name.startswith("slow"):
             time.sleep(self.delay)
+        if name.startswith("lag"):
+            try:
+                wait = os.stat(self._p("armed")).st_mtime + self.delay - time.time()
+            except FileNotFoundError:
+                wait = 0
+            if wait > 0:
+                time.sleep(wait)
         # Positional: the kernel sends reads of one open file from several threads at once.
         return os.pread(fh, size, offset)
     def release(self, path, fh):
