@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -19,6 +19,9 @@ pub(crate) const VALIDITY: Duration = Duration::from_millis(200);
 pub(crate) const MAX_FILE: u64 = 256 * 1024;
 /// Bookkeeping counted per entry on top of its bytes.
 const ENTRY_OVERHEAD: usize = 256;
+/// Counted per entry for its prepared HTTP/1.1 head ([`Entry::wire_head`]), on top of the
+/// ETag and the content type it holds.
+const WIRE_HEAD_OVERHEAD: usize = 160;
 
 /// One representation of a cached file: the file itself, or a precompressed sibling.
 #[derive(Debug)]
@@ -36,6 +39,9 @@ pub(crate) struct Variant {
 pub(crate) struct Entry {
     pub(crate) content_type: HeaderValue,
     pub(crate) variants: Vec<Variant>,
+    /// The HTTP/1.1 head of the whole file itself (`200`), made on the first request that
+    /// needs it: what the shortcut writes ([`crate::files::FileShortcut`]).
+    wire_head: OnceLock<Bytes>,
     checked: Instant,
     size: usize,
 }
@@ -47,12 +53,22 @@ impl Entry {
             .map(|v| v.bytes.len() + v.etag.len() + 64)
             .sum::<usize>()
             + ENTRY_OVERHEAD;
+        let size = size
+            + variants.first().map_or(0, |v| v.etag.len())
+            + content_type.len()
+            + WIRE_HEAD_OVERHEAD;
         Entry {
             content_type,
             variants,
+            wire_head: OnceLock::new(),
             checked: Instant::now(),
             size,
         }
+    }
+
+    /// The prepared head of the file's `200` response, made by `make` the first time.
+    pub(crate) fn wire_head(&self, make: impl FnOnce() -> Bytes) -> &Bytes {
+        self.wire_head.get_or_init(make)
     }
 
     /// The representation for `encoding` (`None`: the file itself).
@@ -100,6 +116,27 @@ impl FileCache {
             &self.misses
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// As [`get`](Self::get), but a hit is counted only if `take` accepts the entry, and a
+    /// miss is not counted at all: for a lookup that, when it does not answer, is followed
+    /// by the ordinary one (the shortcut's, before the service's).
+    pub(crate) fn get_if(
+        &self,
+        key: &str,
+        take: impl FnOnce(&Entry) -> bool,
+    ) -> Option<Arc<Entry>> {
+        let found = self
+            .map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .filter(|e| e.checked.elapsed() < VALIDITY && take(e))
+            .cloned();
+        if found.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
         found
     }
 

@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 use tracing::Instrument;
 
 use crate::config::{LogFormat, OverloadArg, ServeArgs, Settings};
-use crate::files::{Files, StaticService};
+use crate::files::{FileShortcut, Files, StaticService};
 use crate::metrics::{Metrics, ServerView};
 
 /// Exit code for a configuration or start-up error.
@@ -480,7 +480,14 @@ fn serve_here(
     let first = listeners
         .next()
         .expect("settings hold at least one address");
+    let shortcut = FileShortcut {
+        files: Arc::clone(&files),
+        metrics: Arc::clone(&metrics),
+    };
     let mut serve = lameduck::http::serve(first, service)
+        // A cached file's plain GET is answered from its prepared bytes before hyper is
+        // involved (see `files::FileShortcut`); everything else goes to the service.
+        .shortcut(shortcut)
         .max_connections(settings.max_connections)
         .overload(match settings.overload {
             OverloadArg::Wait => lameduck::Overload::Wait,

@@ -57,8 +57,10 @@ use crate::shutdown::{Phase, Shutdown, instant_after};
 mod cork;
 #[cfg(target_os = "linux")]
 mod sendfile;
+mod shortcut;
 #[cfg(target_os = "linux")]
 pub use sendfile::{MAX_CHUNK as SENDFILE_MAX_CHUNK, SendFile};
+pub use shortcut::{ShortAnswer, ShortRequest, Shortcut};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -102,6 +104,7 @@ pub fn serve<S>(listener: impl IntoListener, service: S) -> Serve<S> {
         max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         close_idle_at_limit: true,
         sendfile: false,
+        shortcut: None,
         tls: None,
     }
 }
@@ -117,6 +120,7 @@ pub struct Serve<S> {
     max_concurrent_streams: u32,
     close_idle_at_limit: bool,
     sendfile: bool,
+    shortcut: Option<Arc<dyn Shortcut>>,
     tls: Option<TlsSetup>,
 }
 
@@ -215,6 +219,16 @@ impl<S> Serve<S> {
     /// request pays for the extension.
     pub fn sendfile(mut self, on: bool) -> Self {
         self.sendfile = on;
+        self
+    }
+
+    /// Answers the plainest HTTP/1.1 requests (`GET` or `HEAD`, no body, complete in one
+    /// read) with `shortcut` when it has an answer, before hyper and the service are
+    /// involved: for answers prepared ahead (a cached file's bytes and headers), most of what
+    /// a request costs. Every other request, and each one it declines, is the service's; see
+    /// [`Shortcut`] for which requests it is offered. Default: none.
+    pub fn shortcut(mut self, shortcut: impl Shortcut) -> Self {
+        self.shortcut = Some(Arc::new(shortcut));
         self
     }
 
@@ -336,6 +350,7 @@ where
             admission: self.server.admission(),
             close_idle_at_limit: self.close_idle_at_limit,
             sendfile: self.sendfile,
+            shortcut: self.shortcut,
         });
         let service = self.service;
         self.server
@@ -393,6 +408,7 @@ struct Shared {
     admission: crate::Admission,
     close_idle_at_limit: bool,
     sendfile: bool,
+    shortcut: Option<Arc<dyn Shortcut>>,
 }
 
 tokio::task_local! {
@@ -477,11 +493,27 @@ where
         // possible.
         let mut grace: Option<Pin<Box<Sleep>>> = None;
         let mut io = ConnIo::new(io);
+        // Requests answered by the shortcut so far: after one, the connection is HTTP/1.
+        let mut answered = false;
         let proto = match io.negotiated() {
-            Some(proto) => proto,
-            None => loop {
+            Some(proto) if proto == Proto::Http2 || shared.shortcut.is_none() => proto,
+            negotiated => loop {
                 tokio::select! {
-                    sniffed = std::future::poll_fn(|cx| io.poll_sniff(cx)) => match sniffed {
+                    sniffed = std::future::poll_fn(|cx| if negotiated.is_some() || answered {
+                        io.poll_head(cx).map_ok(|()| Proto::Http1)
+                    } else {
+                        io.poll_sniff(cx)
+                    }) => match sniffed {
+                        Ok(Proto::Http1) if shared.shortcut.is_some() => {
+                            let shortcut = shared.shortcut.as_deref().expect("guarded by is_some");
+                            let draining = drain_seen || conn.shutdown().is_draining();
+                            match shortcut::run(&mut io, shortcut, &state, draining).await {
+                                Ok(shortcut::Outcome::Answered) => answered = true,
+                                Ok(shortcut::Outcome::Declined) => break Proto::Http1,
+                                // The last response, or the client gone.
+                                Ok(shortcut::Outcome::Closed) | Err(_) => return Ok(()),
+                            }
+                        }
                         Ok(proto) => break proto,
                         // Closed, timed out or failed before a request began.
                         Err(_) => return Ok(()),
@@ -756,6 +788,23 @@ impl ConnIo {
                 None => None,
             },
         }
+    }
+
+    /// Reads unless bytes are waiting in `head` already. Cancel safe.
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.head.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        self.head.resize(SNIFF_READ, 0);
+        let mut buf = ReadBuf::new(&mut self.head[..]);
+        let poll = Pin::new(&mut self.inner).poll_read(cx, &mut buf);
+        let got = buf.filled().len();
+        self.head.truncate(got);
+        ready!(poll)?;
+        if got == 0 {
+            return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Reads until the first bytes tell HTTP/2's preface from anything else (HTTP/1).

@@ -1,0 +1,348 @@
+//! Answers prepared ahead for the plainest HTTP/1.1 requests, written before hyper is
+//! involved ([`Shortcut`]).
+//!
+//! A static-file server answers most of its requests from memory with bytes it prepared
+//! once: for those, hyper's connection state machine, the `http::Request` and its header
+//! map, the service call and the response encoding are most of the CPU a request costs.
+//! A [`Shortcut`] is offered only a request that nothing about HTTP/1.1 framing can make
+//! ambiguous: complete in what was read, parsed by `httparse` (hyper's own parser), `GET`
+//! or `HEAD`, HTTP/1.1, one `Host`, an origin-form target that `http`'s URI parser accepts,
+//! no body (`Content-Length`, `Transfer-Encoding`), no `Expect`, no `Upgrade`, and a
+//! `Connection` header naming nothing but `close` and `keep-alive`. Anything else, and any
+//! request the shortcut declines, goes to hyper and the service, which from then on serve
+//! the rest of the connection. The connection's lifecycle is the same either way: its
+//! timeouts (the reads and writes go through the same timed socket), `Connection: close`
+//! while draining, the cork that sends the last response's tail with the FIN, its slot.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use http::Version;
+use tokio::io::AsyncWrite;
+
+use super::{ConnIo, ConnState};
+
+/// Most request headers a shortcut request may have; more go to hyper.
+const MAX_HEADERS: usize = 32;
+
+/// Answers some requests from bytes prepared ahead, before hyper sees them; see
+/// [`Serve::shortcut`](super::Serve::shortcut).
+///
+/// The answer must be exactly what the service would have answered the same request with
+/// (the server's tests should say so): the shortcut is a faster road to the same response,
+/// not a second application.
+pub trait Shortcut: Send + Sync + 'static {
+    /// The complete answer to `request`, or `None` to let hyper and the service answer it.
+    /// Called on the connection's task: it must not block.
+    fn answer(&self, request: &ShortRequest<'_>) -> Option<ShortAnswer>;
+}
+
+/// A request offered to a [`Shortcut`]: `GET` or `HEAD`, HTTP/1.1, no body.
+#[derive(Debug)]
+pub struct ShortRequest<'a> {
+    head: bool,
+    path_and_query: http::uri::PathAndQuery,
+    headers: &'a [httparse::Header<'a>],
+}
+
+impl ShortRequest<'_> {
+    /// `HEAD` (the body is left out of the answer by the server), otherwise `GET`.
+    pub fn is_head(&self) -> bool {
+        self.head
+    }
+
+    /// The target's path, as `http::Uri::path` gives it for the same request.
+    pub fn path(&self) -> &str {
+        self.path_and_query.path()
+    }
+
+    /// The target's query, if any.
+    pub fn query(&self) -> Option<&str> {
+        self.path_and_query.query()
+    }
+
+    /// The first value of the header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
+    /// Every header, in the order received.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.headers.iter().map(|h| (h.name, h.value))
+    }
+}
+
+/// A [`Shortcut`]'s answer: the response head and body, ready for the wire.
+#[derive(Clone, Debug)]
+pub struct ShortAnswer {
+    head: Bytes,
+    body: Bytes,
+}
+
+impl ShortAnswer {
+    /// `head` is the status line and the header lines, each ending in CRLF, without the
+    /// blank line that ends the head; it must carry `Content-Length` (the body's length, also
+    /// for `HEAD`), and neither `Date` nor `Connection`, which the server adds.
+    pub fn new(head: Bytes, body: Bytes) -> Self {
+        ShortAnswer { head, body }
+    }
+}
+
+/// What became of the bytes read.
+pub(super) enum Outcome {
+    /// Answered; the connection goes on (what follows the request, if anything, is in the
+    /// buffer).
+    Answered,
+    /// Answered, with the connection's last response: it is shut down.
+    Closed,
+    /// Not a shortcut request, or declined: hyper takes it and the rest of the connection.
+    Declined,
+}
+
+/// Tries the shortcut on the request at the start of `io`'s buffer. `draining`: the answer
+/// is the connection's last.
+pub(super) async fn run(
+    io: &mut ConnIo,
+    shortcut: &dyn Shortcut,
+    state: &Arc<ConnState>,
+    draining: bool,
+) -> io::Result<Outcome> {
+    let Some((used, answer, last)) = prepare(&io.head, shortcut, draining) else {
+        return Ok(Outcome::Declined);
+    };
+    let in_flight = state.request_started(Version::HTTP_11);
+    io.head.advance(used);
+    if io.head.is_empty() {
+        // An idle connection keeps no buffer.
+        io.head = bytes::BytesMut::new();
+    }
+    #[cfg(target_os = "linux")]
+    if last {
+        state.cork.want();
+    }
+    let mut pending = Pending {
+        head: answer.head,
+        body: answer.body,
+    };
+    std::future::poll_fn(|cx| {
+        let poll = pending.poll_write(Pin::new(&mut *io), cx);
+        // Waiting on the client: nothing written may stay corked meanwhile.
+        #[cfg(target_os = "linux")]
+        if poll.is_pending() {
+            state.cork.release();
+        }
+        poll
+    })
+    .await?;
+    drop(in_flight);
+    if last {
+        std::future::poll_fn(|cx| Pin::new(&mut *io).poll_shutdown(cx)).await?;
+        return Ok(Outcome::Closed);
+    }
+    Ok(Outcome::Answered)
+}
+
+/// The request at the start of `buf`, if it is one a shortcut may take, and the shortcut's
+/// answer: `(bytes the request took, answer with Date and Connection added, last)`.
+fn prepare(
+    buf: &[u8],
+    shortcut: &dyn Shortcut,
+    draining: bool,
+) -> Option<(usize, ShortAnswer, bool)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let used = match req.parse(buf) {
+        Ok(httparse::Status::Complete(used)) => used,
+        // Partial (hyper reads the rest), malformed (hyper answers 400), too many headers.
+        _ => return None,
+    };
+    if req.version != Some(1) {
+        return None;
+    }
+    let head = match req.method {
+        Some("GET") => false,
+        Some("HEAD") => true,
+        _ => return None,
+    };
+    let target = req.path?;
+    if !target.starts_with('/') {
+        return None;
+    }
+    let path_and_query = http::uri::PathAndQuery::try_from(target).ok()?;
+    let mut hosts = 0;
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                    return None;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("upgrade")
+        {
+            return None;
+        }
+    }
+    if hosts != 1 {
+        return None;
+    }
+    let request = ShortRequest {
+        head,
+        path_and_query,
+        headers: req.headers,
+    };
+    let answer = shortcut.answer(&request)?;
+    let last = close || draining;
+    let mut wire = Vec::with_capacity(answer.head.len() + 64);
+    wire.extend_from_slice(&answer.head);
+    wire.extend_from_slice(b"date: ");
+    date::with(|d| wire.extend_from_slice(d));
+    wire.extend_from_slice(b"\r\n");
+    if last {
+        wire.extend_from_slice(b"connection: close\r\n");
+    }
+    wire.extend_from_slice(b"\r\n");
+    let body = if head { Bytes::new() } else { answer.body };
+    Some((used, ShortAnswer::new(Bytes::from(wire), body), last))
+}
+
+/// What is left of an answer to write.
+struct Pending {
+    head: Bytes,
+    body: Bytes,
+}
+
+impl Pending {
+    /// Writes until nothing is left: head and body in one vectored write where the socket
+    /// takes them.
+    fn poll_write(
+        &mut self,
+        mut io: Pin<&mut ConnIo>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while !self.head.is_empty() || !self.body.is_empty() {
+            let slices = [io::IoSlice::new(&self.head), io::IoSlice::new(&self.body)];
+            let n = ready!(io.as_mut().poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let from_head = n.min(self.head.len());
+            self.head.advance(from_head);
+            self.body.advance(n - from_head);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The `Date` header's value, formatted once a second per thread (as hyper does).
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+
+    /// Calls `f` with the current HTTP date.
+    pub(super) fn with(f: impl FnOnce(&[u8])) {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHED.with(|cached| {
+            let mut cached = cached.borrow_mut();
+            if cached.0 != secs {
+                *cached = (secs, httpdate::fmt_http_date(now));
+            }
+            f(cached.1.as_bytes());
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers `/hit` with a fixed head and body.
+    struct Fixed;
+
+    impl Shortcut for Fixed {
+        fn answer(&self, request: &ShortRequest<'_>) -> Option<ShortAnswer> {
+            (request.path() == "/hit").then(|| {
+                ShortAnswer::new(
+                    Bytes::from_static(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n"),
+                    Bytes::from_static(b"ok"),
+                )
+            })
+        }
+    }
+
+    fn taken(req: &[u8]) -> Option<(usize, bool, Bytes)> {
+        prepare(req, &Fixed, false).map(|(used, a, last)| (used, last, a.body))
+    }
+
+    #[test]
+    fn plain_requests_are_taken() {
+        let req = b"GET /hit HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            taken(req),
+            Some((req.len(), false, Bytes::from_static(b"ok")))
+        );
+        let req = b"GET /hit?q=1 HTTP/1.1\r\nhost: x\r\nConnection: keep-alive, Close\r\n\r\nGET";
+        assert_eq!(
+            taken(req),
+            Some((req.len() - 3, true, Bytes::from_static(b"ok")))
+        );
+        let (_, answer, _) =
+            prepare(b"HEAD /hit HTTP/1.1\r\nHost: x\r\n\r\n", &Fixed, true).expect("HEAD is taken");
+        assert!(answer.body.is_empty(), "HEAD has no body");
+        let head = std::str::from_utf8(&answer.head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ndate: "));
+        assert!(
+            head.ends_with(" GMT\r\nconnection: close\r\n\r\n"),
+            "{head}"
+        );
+    }
+
+    #[test]
+    fn anything_else_goes_to_hyper() {
+        for req in [
+            &b"GET /miss HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"GET /hit HTTP/1.1\r\nHost: x\r\n",
+            b"GET /hit HTTP/1.0\r\nHost: x\r\n\r\n",
+            b"POST /hit HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET http://x/hit HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /hit HTTP/1.1\r\n\r\n",
+            b"GET /hit HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            b"GET /hit HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            b"GET /hit HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /hit HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+            b"GET /hit HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET /hit HTTP/1.1\r\nHost: x\r\nConnection: close, te\r\n\r\n",
+            b"GET /h\x7fit HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET  /hit HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert_eq!(taken(req), None, "{:?}", String::from_utf8_lossy(req));
+        }
+        let mut many = b"GET /hit HTTP/1.1\r\nHost: x\r\n".to_vec();
+        for i in 0..MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: y\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(taken(&many), None, "more headers than the shortcut takes");
+    }
+}
