@@ -107,3 +107,74 @@ fn cache_size_0_turns_it_off_and_the_cache_is_bounded() {
     let text = off.admin_get("/metrics").text();
     assert!(!text.contains("lameduck_cache_hits_total"), "{text}");
 }
+
+/// The headers of `resp` but `Date`, sorted: what two answers to the same request share.
+fn headers_but_date(resp: &util::Resp) -> Vec<(String, String)> {
+    let mut headers: Vec<_> = resp
+        .headers
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("date"))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .collect();
+    headers.sort();
+    headers
+}
+
+#[test]
+fn a_cached_file_is_answered_alike_by_the_shortcut_and_by_the_service() {
+    let site = TempDir::new("cache-shortcut");
+    site.write("page.html", b"<p>a page</p>\n");
+    site.write("style.css", b"p { color: red }\n");
+    site.write(
+        "style.css.gz",
+        b"not really gzip, but what the sibling holds\n",
+    );
+    let server = Lameduck::serve(&[site.arg()], true);
+    let addr = server.addr;
+    // The first request reads the disk and fills the cache; the second is a plain GET of a
+    // fresh entry (the shortcut's); the third is conditional, with an ETag that does not
+    // match: the service's, from the same entry.
+    let from_disk = get(addr, "/page.html", &[]);
+    let hits = metric(&server, "lameduck_cache_hits_total");
+    let misses = metric(&server, "lameduck_cache_misses_total");
+    let short = get(addr, "/page.html", &[]);
+    assert_eq!(
+        metric(&server, "lameduck_cache_hits_total"),
+        hits + 1,
+        "a shortcut answer counts one hit"
+    );
+    let conditional = get(addr, "/page.html", &[("If-None-Match", "\"another\"")]);
+    assert_eq!(metric(&server, "lameduck_cache_hits_total"), hits + 2);
+    assert_eq!(metric(&server, "lameduck_cache_misses_total"), misses);
+    for resp in [&from_disk, &short, &conditional] {
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body, b"<p>a page</p>\n");
+        assert!(resp.header("date").is_some());
+    }
+    assert_eq!(headers_but_date(&short), headers_but_date(&from_disk));
+    assert_eq!(headers_but_date(&short), headers_but_date(&conditional));
+    // HEAD: the same headers, no body.
+    let head = util::request(addr, "HEAD", "/page.html", &[]);
+    assert_eq!(headers_but_date(&head), headers_but_date(&short));
+    assert!(head.body.is_empty());
+    // The ETag still validates: a matching If-None-Match is 304 (the service's).
+    let etag = short.header("etag").expect("an etag").to_owned();
+    assert_eq!(
+        get(addr, "/page.html", &[("If-None-Match", &etag)]).status,
+        304
+    );
+    // A file with a precompressed sibling: the file itself without Accept-Encoding (the
+    // shortcut may answer that), the sibling when it is accepted (always the service's).
+    for _ in 0..2 {
+        let plain = get(addr, "/style.css", &[]);
+        assert_eq!(plain.body, b"p { color: red }\n");
+        assert_eq!(plain.header("content-encoding"), None);
+        assert_eq!(plain.header("vary"), Some("accept-encoding"));
+        let gzip = get(addr, "/style.css", &[("Accept-Encoding", "gzip")]);
+        assert_eq!(gzip.body, b"not really gzip, but what the sibling holds\n");
+        assert_eq!(gzip.header("content-encoding"), Some("gzip"));
+    }
+    // A range of a cached file: the service's 206.
+    let part = get(addr, "/page.html", &[("Range", "bytes=0-2")]);
+    assert_eq!((part.status, &part.body[..]), (206, &b"<p>"[..]));
+}
