@@ -25,6 +25,10 @@
 //! 10 s, counted from the connection's start or from the first byte of the next request),
 //! an idle keep-alive connection is closed after the idle timeout (default 60 s), and a client
 //! that stops reading while the server writes is cut after the write timeout (default 60 s).
+//!
+//! A server that answers many requests from bytes it prepared ahead (a static-file server's
+//! cache) can answer the plainest HTTP/1.1 ones itself, before hyper is involved, with a
+//! [`Shortcut`] ([`Serve::shortcut`]); everything else is the service's.
 
 use std::error::Error as StdError;
 use std::fmt;
