@@ -404,3 +404,85 @@ async fn a_handshake_still_going_when_the_drain_starts_is_cut_after_the_grace() 
     assert_eq!((report.completed, report.forced), (1, 0));
     assert_eq!(server.stats.failures(), 1);
 }
+
+/// Answers `/short` and counts its answers.
+struct Short(Arc<std::sync::atomic::AtomicUsize>);
+
+impl lameduck::http::Shortcut for Short {
+    fn answer(
+        &self,
+        request: &lameduck::http::ShortRequest<'_>,
+    ) -> Option<lameduck::http::ShortAnswer> {
+        (request.path() == "/short").then(|| {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            lameduck::http::ShortAnswer::new(
+                Bytes::from_static(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n"),
+                Bytes::from_static(b"short\n"),
+            )
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shortcut_answers_over_tls_on_http1_and_never_on_http2() {
+    let pki = Pki::new();
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let short = Short(Arc::clone(&answered));
+    let server = start(&pki, move |s| s.shortcut(short));
+    let count = || answered.load(std::sync::atomic::Ordering::Relaxed);
+    // HTTP/1.1 by ALPN, one connection: the shortcut twice, the service, then the service
+    // again (the connection is hyper's after a request the shortcut declined).
+    let stream = tls_connect(&pki, server.addr, &[b"http/1.1"]).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for (path, body, shortcut_answers) in [
+        ("/short", "short\n", 1),
+        ("/short", "short\n", 2),
+        ("/", "hello over tls\n", 2),
+        ("/short", "", 2),
+    ] {
+        let req = http::Request::get(path)
+            .header("host", "localhost")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = timeout(WAIT, sender.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        if body.is_empty() {
+            // The service has no `/short` route: hyper's path, not the shortcut's.
+            assert_eq!(status, 404, "{path}");
+        } else {
+            assert_eq!((status, &got[..]), (200, body.as_bytes()), "{path}");
+        }
+        assert_eq!(count(), shortcut_answers, "{path}");
+    }
+    drop(sender);
+    // HTTP/2 by ALPN: never offered to the shortcut.
+    let stream = tls_connect(&pki, server.addr, &[b"h2"]).await;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("https://localhost/short")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = timeout(WAIT, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert_eq!(count(), 2);
+    drop(sender);
+    server.shutdown.trigger();
+    let report = timeout(WAIT, server.task).await.unwrap().unwrap().unwrap();
+    assert_eq!((report.accepted, report.forced), (2, 0));
+}
