@@ -444,6 +444,11 @@ async fn the_shortcut_answers_over_tls_on_http1_and_never_on_http2() {
         ("/", "hello over tls\n", 2),
         ("/short", "", 2),
     ] {
+        // The client's connection takes the next request once it has seen the last one end.
+        timeout(WAIT, sender.ready())
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{path}: the connection closed: {e}"));
         let req = http::Request::get(path)
             .header("host", "localhost")
             .body(Empty::<Bytes>::new())
