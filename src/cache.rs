@@ -102,13 +102,7 @@ impl FileCache {
     /// The entry for `key` if it was checked less than [`VALIDITY`] ago. A miss (absent or
     /// stale) is counted; the caller then goes to the disk and [`insert`](Self::insert)s.
     pub(crate) fn get(&self, key: &str) -> Option<Arc<Entry>> {
-        let found = self
-            .map
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .filter(|e| e.checked.elapsed() < VALIDITY)
-            .cloned();
+        let found = self.fresh(key, |_| true);
         // Relaxed: statistics.
         let counter = if found.is_some() {
             &self.hits
@@ -127,17 +121,21 @@ impl FileCache {
         key: &str,
         take: impl FnOnce(&Entry) -> bool,
     ) -> Option<Arc<Entry>> {
-        let found = self
-            .map
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .filter(|e| e.checked.elapsed() < VALIDITY && take(e))
-            .cloned();
+        let found = self.fresh(key, take);
         if found.is_some() {
             self.hits.fetch_add(1, Ordering::Relaxed);
         }
         found
+    }
+
+    /// The entry for `key` if it is fresh and `take` accepts it; nothing counted.
+    fn fresh(&self, key: &str, take: impl FnOnce(&Entry) -> bool) -> Option<Arc<Entry>> {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .filter(|e| e.checked.elapsed() < VALIDITY && take(e))
+            .cloned()
     }
 
     /// Keeps `entry` for `key`, evicting the least recently checked entries to stay within

@@ -1753,11 +1753,14 @@ impl lameduck::http::Shortcut for FileShortcut {
         request: &lameduck::http::ShortRequest<'_>,
     ) -> Option<lameduck::http::ShortAnswer> {
         let cache = self.files.cache.as_ref()?;
-        self.files.root.as_ref()?;
-        if NOT_SHORT.iter().any(|h| request.header(h).is_some()) {
-            return None;
+        // One pass over the headers.
+        let mut negotiates = false;
+        for (name, _) in request.headers() {
+            if NOT_SHORT.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+                return None;
+            }
+            negotiates |= name.eq_ignore_ascii_case("accept-encoding");
         }
-        let negotiates = request.header("accept-encoding").is_some();
         let entry = cache.get_if(request.path(), |e| !negotiates || e.variants.len() == 1)?;
         let variant = entry.variant(None)?;
         let head = entry.wire_head(|| wire_head(&respond_cached(&entry, &HeaderMap::new())));

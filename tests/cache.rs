@@ -137,11 +137,17 @@ fn a_cached_file_is_answered_alike_by_the_shortcut_and_by_the_service() {
     let from_disk = get(addr, "/page.html", &[]);
     let hits = metric(&server, "lameduck_cache_hits_total");
     let misses = metric(&server, "lameduck_cache_misses_total");
+    let answered = metric(&server, "lameduck_requests_total{class=\"2xx\"}");
     let short = get(addr, "/page.html", &[]);
     assert_eq!(
         metric(&server, "lameduck_cache_hits_total"),
         hits + 1,
         "a shortcut answer counts one hit"
+    );
+    assert_eq!(
+        metric(&server, "lameduck_requests_total{class=\"2xx\"}"),
+        answered + 1,
+        "a shortcut answer is counted as a response"
     );
     let conditional = get(addr, "/page.html", &[("If-None-Match", "\"another\"")]);
     assert_eq!(metric(&server, "lameduck_cache_hits_total"), hits + 2);

@@ -507,9 +507,8 @@ where
                         io.poll_head(cx).map_ok(|()| Proto::Http1)
                     } else {
                         io.poll_sniff(cx)
-                    }) => match sniffed {
-                        Ok(Proto::Http1) if shared.shortcut.is_some() => {
-                            let shortcut = shared.shortcut.as_deref().expect("guarded by is_some");
+                    }) => match (sniffed, shared.shortcut.as_deref()) {
+                        (Ok(Proto::Http1), Some(shortcut)) => {
                             let draining = drain_seen || conn.shutdown().is_draining();
                             match shortcut::run(&mut io, shortcut, &state, draining).await {
                                 Ok(shortcut::Outcome::Answered) => answered = true,
@@ -518,9 +517,9 @@ where
                                 Ok(shortcut::Outcome::Closed) | Err(_) => return Ok(()),
                             }
                         }
-                        Ok(proto) => break proto,
+                        (Ok(proto), _) => break proto,
                         // Closed, timed out or failed before a request began.
-                        Err(_) => return Ok(()),
+                        (Err(_), _) => return Ok(()),
                     },
                     _ = &mut draining, if !drain_seen => {
                         drain_seen = true;
@@ -799,11 +798,18 @@ impl ConnIo {
         if !self.head.is_empty() {
             return Poll::Ready(Ok(()));
         }
+        self.poll_fill(cx)
+    }
+
+    /// One read appended to `head` (up to [`SNIFF_READ`] in all); end of stream is an error,
+    /// since no request has begun. Cancel safe: what was read stays in `head`.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let filled = self.head.len();
         self.head.resize(SNIFF_READ, 0);
-        let mut buf = ReadBuf::new(&mut self.head[..]);
+        let mut buf = ReadBuf::new(&mut self.head[filled..]);
         let poll = Pin::new(&mut self.inner).poll_read(cx, &mut buf);
         let got = buf.filled().len();
-        self.head.truncate(got);
+        self.head.truncate(filled + got);
         ready!(poll)?;
         if got == 0 {
             return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
@@ -822,16 +828,7 @@ impl ConnIo {
             if n == H2_PREFACE.len() {
                 return Poll::Ready(Ok(Proto::Http2));
             }
-            let filled = self.head.len();
-            self.head.resize(SNIFF_READ, 0);
-            let mut buf = ReadBuf::new(&mut self.head[filled..]);
-            let poll = Pin::new(&mut self.inner).poll_read(cx, &mut buf);
-            let got = buf.filled().len();
-            self.head.truncate(filled + got);
-            ready!(poll)?;
-            if got == 0 {
-                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
-            }
+            ready!(self.poll_fill(cx))?;
         }
     }
 }

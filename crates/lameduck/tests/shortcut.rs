@@ -490,3 +490,28 @@ async fn a_last_shortcut_answer_and_its_fin_share_a_segment() {
     server.shutdown.trigger();
     server.report().await;
 }
+
+/// At the connection limit, a connection idle after a shortcut answer is closed to make room,
+/// as one idle after hyper's answer is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_limit_a_connection_idle_after_a_shortcut_answer_makes_room() {
+    // Timeouts far beyond the wait below: only making room can free the slot in time.
+    let server = start(|s| {
+        s.max_connections(1)
+            .header_timeout(Duration::from_secs(60))
+            .idle_timeout(Duration::from_secs(60))
+    });
+    let mut idle = server.connect().await;
+    idle.get("/fast").await;
+    assert_eq!(idle.response(false).await.body, FAST_BODY);
+    // Bounded: `response` gives up after WAIT.
+    let mut next = server.connect().await;
+    next.get("/fast").await;
+    assert_eq!(next.response(false).await.body, FAST_BODY);
+    idle.expect_eof(WAIT).await;
+    assert_eq!(server.counts(), (2, 0));
+    drop(next);
+    server.shutdown.trigger();
+    let report = server.report().await;
+    assert_eq!((report.accepted, report.forced), (2, 0));
+}
