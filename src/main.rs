@@ -312,14 +312,16 @@ fn supervise_serve(settings: &Settings) -> Result<ExitCode, BoxError> {
     supervise(sup, settings.pid_file.as_deref())
 }
 
-/// Runs a supervisor to the end, with the pid file written meanwhile.
+/// Runs a supervisor to the end; its pid file (written by the supervisor once it handles
+/// signals) lives as long as it does.
 #[cfg(unix)]
 fn supervise(
-    sup: lameduck::supervisor::Supervisor,
+    mut sup: lameduck::supervisor::Supervisor,
     pid_file: Option<&std::path::Path>,
 ) -> Result<ExitCode, BoxError> {
-    let _pid_file = pid_file.map(PidFile::write).transpose()?;
-    tracing::info!(pid = std::process::id(), program = %sup.program().display(), "supervisor: started (SIGHUP reloads, SIGTERM stops)");
+    if let Some(path) = pid_file {
+        sup = sup.pid_file(path);
+    }
     let outcome = sup.run()?;
     Ok(ExitCode::from(outcome.exit_code))
 }
@@ -450,10 +452,6 @@ fn serve_here(
     tls: Option<lameduck::tls::CertResolver>,
     mode: Mode,
 ) -> Result<lameduck::Report, BoxError> {
-    let _pid_file = match (mode, settings.pid_file.as_deref()) {
-        (Mode::Alone, Some(path)) => Some(PidFile::write(path)?),
-        _ => None,
-    };
     let Sockets {
         http: listeners,
         admin: admin_listener,
@@ -529,6 +527,12 @@ fn serve_here(
             cert.clone(),
             key.clone(),
         )?),
+        _ => None,
+    };
+    // Written only now, with the sockets bound and the signals handled: whoever reads the
+    // pid from it can signal a server that is ready for it.
+    let _pid_file = match (mode, settings.pid_file.as_deref()) {
+        (Mode::Alone, Some(path)) => Some(PidFile::write(path)?),
         _ => None,
     };
     // `--redirect-http`: plain HTTP answering 308 to https://, on the same lifecycle.

@@ -447,6 +447,55 @@ fn missing_directory_is_one_clear_line_and_exit_1() {
 }
 
 #[test]
+fn a_pid_file_names_the_server_alone_or_supervised_and_an_unwritable_one_is_exit_1() {
+    // Alone: written once the server is up, removed when it stops.
+    let dir = TempDir::new("pidfile-alone");
+    let pid_file = dir.path().join("lameduck.pid");
+    let mut server = Lameduck::serve(
+        &["--no-supervisor", "--pid-file", pid_file.to_str().unwrap()],
+        false,
+    );
+    assert!(
+        util::eventually(WAIT, || pid_file.exists()),
+        "no pid file written"
+    );
+    let written: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(written, server.child.id());
+    server.signal(SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    assert!(!pid_file.exists(), "the pid file outlived the server");
+
+    // A pid file that cannot be written is one clear line, in either mode.
+    for mode in [&["--no-supervisor"][..], &[][..]] {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--pid-file",
+            "/nonexistent/lameduck.pid",
+        ];
+        args.extend_from_slice(mode);
+        let (status, stderr) = run_to_end(&args);
+        assert_eq!(status.code(), Some(1), "{mode:?}: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().last(),
+            Some(
+                "lameduck: cannot write the pid file /nonexistent/lameduck.pid: no such file or directory"
+            ),
+            "{mode:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("worker"),
+            "{mode:?}: a worker started: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn bad_duration_and_bad_config_are_one_line_and_exit_1() {
     let (status, stderr) = run_to_end(&["serve", "--drain-timeout", "soon"]);
     assert_eq!(status.code(), Some(1));

@@ -347,20 +347,67 @@ fn a_second_sigterm_forces_and_exits_3() {
 fn pid_file_names_the_supervisor_and_hup_through_it_reloads() {
     let dir = TempDir::new("sup-pidfile");
     let pid_file = dir.path().join("lameduck.pid");
-    let mut server = Lameduck::serve(&["--pid-file", pid_file.to_str().unwrap()], true);
+    let mut cmd = Command::new(util::bin());
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ]);
+    let mut server = Lameduck::spawn_waiting(cmd, "supervisor: listening");
+    // SIGHUP the moment the pid file names someone: the supervisor handles signals before
+    // it writes the file (a HUP then must not kill it), and a HUP while its first worker
+    // starts is kept for once that worker is ready.
+    assert!(
+        util::eventually(WAIT, || pid_file.exists()),
+        "no pid file written"
+    );
     let written: u32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
     assert_eq!(written, server.child.id());
-    let first = worker_pid(&status(&server));
     send_signal(written, SIGHUP);
-    let s = wait_status(&server, "the reload", |s| worker_pid(s) != first);
-    assert_eq!(status_field(&s, "generation"), Some(1));
+    let line = server.wait_log("admin endpoint");
+    server.admin = Some(util::field_addr(&line));
+    let s = wait_status(&server, "the reload", |s| {
+        status_field(s, "generation") == Some(1)
+    });
+    assert_eq!(status_text(&s, "last_reload").as_deref(), Some("ok"));
+    assert!(alive(written), "the supervisor did not outlive the SIGHUP");
     server.signal(SIGTERM);
     assert_eq!(server.wait_exit().code(), Some(0));
     assert!(!pid_file.exists(), "the pid file outlived the supervisor");
+}
+
+#[test]
+fn a_sighup_while_the_first_worker_starts_is_applied_once_it_is_ready() {
+    let dir = TempDir::new("sup-early-hup");
+    let script = python_server(&dir);
+    let mut cmd = Command::new(util::bin());
+    cmd.args([
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--ready-delay",
+        "1s",
+        "--",
+        "python3",
+    ])
+    .arg(&script);
+    let mut server = Lameduck::spawn_waiting(cmd, "supervisor: listening");
+    server.wait_log("supervisor: worker started");
+    server.signal(SIGHUP);
+    server.wait_log("SIGHUP during a reload; queued");
+    server.wait_log("supervisor: worker ready");
+    // The HUP asked for a worker started after it: that one takes over.
+    server.wait_log("new worker ready");
+    server.signal(SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
 }
 
 /// The built example `name`.

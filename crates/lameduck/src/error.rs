@@ -24,12 +24,17 @@ pub enum Error {
     Io(io::Error),
 }
 
-/// A short, lower-case description of common socket errors, without the OS error number.
+/// A short, lower-case description of common OS errors, without the OS error number; an
+/// error that carries its own message keeps it.
 pub(crate) fn describe(err: &io::Error) -> String {
+    if err.get_ref().is_some() {
+        return err.to_string();
+    }
     match err.kind() {
         io::ErrorKind::AddrInUse => "address already in use".to_owned(),
         io::ErrorKind::AddrNotAvailable => "address not available on this machine".to_owned(),
         io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        io::ErrorKind::NotFound => "no such file or directory".to_owned(),
         _ => err.to_string(),
     }
 }
@@ -71,5 +76,13 @@ mod tests {
             e.to_string(),
             "cannot listen on 127.0.0.1:8080: address already in use"
         );
+    }
+
+    #[test]
+    fn an_os_error_reads_lower_case_and_a_message_of_its_own_is_kept() {
+        let os = io::Error::from(io::ErrorKind::NotFound);
+        assert_eq!(describe(&os), "no such file or directory");
+        let own = io::Error::new(io::ErrorKind::NotFound, "cannot run x: not found");
+        assert_eq!(describe(&own), "cannot run x: not found");
     }
 }

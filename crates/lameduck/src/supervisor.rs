@@ -132,6 +132,7 @@ pub struct Supervisor {
     ready_timeout: Duration,
     ready_delay: Option<Duration>,
     max_draining: usize,
+    pid_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for Supervisor {
@@ -143,6 +144,7 @@ impl fmt::Debug for Supervisor {
             .field("ready_timeout", &self.ready_timeout)
             .field("ready_delay", &self.ready_delay)
             .field("max_draining", &self.max_draining)
+            .field("pid_file", &self.pid_file)
             .finish()
     }
 }
@@ -162,6 +164,7 @@ impl Supervisor {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             ready_delay: None,
             max_draining: DEFAULT_MAX_DRAINING,
+            pid_file: None,
         })
     }
 
@@ -205,10 +208,19 @@ impl Supervisor {
         self
     }
 
+    /// Writes the supervisor's pid to `path` once its signal handlers are in place (so a
+    /// SIGHUP sent to the pid read there always reloads, never kills), and removes the file
+    /// when the supervisor ends.
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pid_file = Some(path.into());
+        self
+    }
+
     /// Runs until SIGTERM or SIGINT and every worker has exited.
     ///
     /// # Errors
-    /// The signal handlers, the poller or the status file cannot be set up. Worker failures
+    /// The signal handlers, the poller, the status file or the pid file cannot be set up
+    /// (the pid file's error names it). Worker failures
     /// are logged and handled, never returned.
     pub fn run(self) -> Result<Outcome, Error> {
         Run::new(self)?.run()
@@ -273,6 +285,8 @@ struct Run {
     status_dir: PathBuf,
     /// Locked while this supervisor lives: how the next one tells this directory is in use.
     _status_lock: std::fs::File,
+    /// The pid file written, removed on the way out.
+    pid_file: Option<PathBuf>,
     status_file: PathBuf,
     status: SupervisorStatus,
     /// The serving worker.
@@ -323,6 +337,20 @@ impl Run {
             ..SupervisorStatus::default()
         };
         status.write(&status_file).map_err(Error::Io)?;
+        // Only now, with SIGHUP and SIGTERM handled, may anyone find the pid to signal.
+        let pid_file = match &sup.pid_file {
+            Some(path) => {
+                write_pid_file(path).map_err(|e| {
+                    Error::Io(io::Error::other(format!(
+                        "cannot write the pid file {}: {}",
+                        path.display(),
+                        crate::error::describe(&e)
+                    )))
+                })?;
+                Some(path.clone())
+            }
+            None => None,
+        };
         Ok(Run {
             sup,
             poll,
@@ -331,6 +359,7 @@ impl Run {
             pending_signals,
             status_dir,
             _status_lock: status_lock,
+            pid_file,
             status_file,
             status,
             current: None,
@@ -347,7 +376,7 @@ impl Run {
     }
 
     fn run(mut self) -> Result<Outcome, Error> {
-        tracing::info!(program = %self.sup.program.display(), listeners = self.sup.listeners.len(), "supervisor: starting the first worker");
+        tracing::info!(pid = std::process::id(), program = %self.sup.program.display(), listeners = self.sup.listeners.len(), "supervisor: started (SIGHUP reloads, SIGTERM stops); starting the first worker");
         self.start_candidate();
         let mut events = Events::with_capacity(16);
         loop {
@@ -662,7 +691,9 @@ impl Run {
                 terminate(oldest);
             }
         }
-        if reload && self.reload_queued && !self.stopping {
+        // A SIGHUP while this worker started (the first one, a reload, or a restart after a
+        // crash) asked for a worker started after it: one starts now.
+        if self.reload_queued && !self.stopping {
             self.reload_queued = false;
             self.reload();
         }
@@ -808,10 +839,17 @@ impl Drop for Run {
             let _ = t.join();
         }
         let _ = std::fs::remove_dir_all(&self.status_dir);
+        if let Some(path) = &self.pid_file {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
-/// Sends SIGTERM (the first drains, a second forces).
+/// Writes this process's pid and a newline to `path`.
+fn write_pid_file(path: &Path) -> io::Result<()> {
+    std::fs::write(path, format!("{}\n", std::process::id()))
+}
+
 /// How a supervisor's status directory (its status file and workers' notify sockets) is
 /// named in the temporary directory: this, the supervisor's pid, a dash, a timestamp.
 const STATUS_DIR_PREFIX: &str = "lameduck-supervisor-";
@@ -878,6 +916,7 @@ fn try_lock(file: &std::fs::File) -> io::Result<bool> {
     Err(err)
 }
 
+/// Sends SIGTERM (the first drains, a second forces).
 fn terminate(w: &mut Worker) {
     w.terms = w.terms.saturating_add(1);
     send_signal(w.pid, libc::SIGTERM);
