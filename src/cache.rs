@@ -3,10 +3,12 @@
 //! component checked, the bytes read again) at most [`VALIDITY`] after it was last checked.
 //! So a change on disk (a file rewritten, replaced by rename, deleted, a directory swapped for
 //! a symbolic link that leads out of the root) is served within [`VALIDITY`], never later.
+//! A hot entry is read again in the background once it is half that old
+//! ([`Entry::claim_refresh`]), so its requests never find it stale and never wait on the disk.
 //! Memory is bounded by `--cache-size`; `0` turns the cache off.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -43,6 +45,8 @@ pub(crate) struct Entry {
     /// needs it: what the shortcut writes ([`crate::files::FileShortcut`]).
     wire_head: OnceLock<Bytes>,
     checked: Instant,
+    /// Set by the one caller that refreshes this entry ahead of its expiry.
+    refresh_claimed: AtomicBool,
     size: usize,
 }
 
@@ -62,6 +66,7 @@ impl Entry {
             variants,
             wire_head: OnceLock::new(),
             checked: Instant::now(),
+            refresh_claimed: AtomicBool::new(false),
             size,
         }
     }
@@ -69,6 +74,17 @@ impl Entry {
     /// The prepared head of the file's `200` response, made by `make` the first time.
     pub(crate) fn wire_head(&self, make: impl FnOnce() -> Bytes) -> &Bytes {
         self.wire_head.get_or_init(make)
+    }
+
+    /// Whether the caller is the one to refresh this entry ahead of its expiry: `true` once,
+    /// to the first caller after half of [`VALIDITY`]. A hot entry refreshed in time (its
+    /// replacement is checked anew) never goes stale, so its requests never wait on the
+    /// disk; one not refreshed in time expires as any other, and the freshness bound holds.
+    pub(crate) fn claim_refresh(&self) -> bool {
+        self.checked.elapsed() >= VALIDITY / 2
+            // Relaxed: the flag only elects one refresher; the entry itself never changes.
+            && !self.refresh_claimed.load(Ordering::Relaxed)
+            && !self.refresh_claimed.swap(true, Ordering::Relaxed)
     }
 
     /// The representation for `encoding` (`None`: the file itself).
@@ -243,5 +259,17 @@ mod tests {
         std::thread::sleep(VALIDITY + Duration::from_millis(20));
         assert!(cache.get("/a").is_none());
         assert_eq!((cache.hits(), cache.misses()), (1, 1));
+    }
+
+    #[test]
+    fn one_caller_is_elected_to_refresh_an_entry_past_half_its_validity() {
+        let e = entry(10);
+        assert!(!e.claim_refresh(), "a new entry needs no refresh");
+        std::thread::sleep(VALIDITY / 2 + Duration::from_millis(10));
+        assert!(
+            e.claim_refresh(),
+            "the first caller past half the validity refreshes"
+        );
+        assert!(!e.claim_refresh(), "and only the first");
     }
 }

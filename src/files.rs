@@ -91,20 +91,33 @@ impl Files {
 
     /// Answers one request, with whatever file-system work it takes (run it where blocking
     /// is allowed: see `StaticService`).
-    pub(crate) fn respond(&self, req: Parts) -> Response<Body> {
+    pub(crate) fn respond(self: &Arc<Self>, req: Parts) -> Response<Body> {
         let resp = self.respond_with(&req, true);
         resp.expect("with the disk, every request has an answer")
+    }
+
+    /// Reads the file behind the URL path `path` into the cache again, as a request finding
+    /// its entry stale would (the whole path walked and checked, the bytes read): run in
+    /// the blocking pool, ahead of the entry's expiry (see `refresh_ahead`).
+    fn refresh(&self, path: &str) {
+        let Ok(uri) = http::Uri::try_from(path) else {
+            return;
+        };
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.uri = uri;
+        // The response is nobody's: the cache entry it leaves is what was wanted.
+        drop(self.serve_dir(&parts));
     }
 
     /// Answers one request if that needs no waiting on the disk: a fresh cache entry, the
     /// built-in page, a refused method, or a file whose path and bytes the kernel's caches
     /// hold (see [`serve_nowait`](Self::serve_nowait)). `None` when it does: then
     /// [`respond`](Self::respond), in the blocking pool.
-    pub(crate) fn respond_without_waiting(&self, req: &Parts) -> Option<Response<Body>> {
+    pub(crate) fn respond_without_waiting(self: &Arc<Self>, req: &Parts) -> Option<Response<Body>> {
         self.respond_with(req, false)
     }
 
-    fn respond_with(&self, req: &Parts, disk: bool) -> Option<Response<Body>> {
+    fn respond_with(self: &Arc<Self>, req: &Parts, disk: bool) -> Option<Response<Body>> {
         if req.method != Method::GET && req.method != Method::HEAD {
             let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
             resp.headers_mut()
@@ -148,9 +161,25 @@ impl Files {
     }
 
     /// The answer from a fresh cache entry, if there is one.
-    fn cached(&self, req: &Parts) -> Option<Response<Body>> {
+    fn cached(self: &Arc<Self>, req: &Parts) -> Option<Response<Body>> {
         let entry = self.cache.as_ref()?.get(req.uri.path())?;
+        if entry.claim_refresh() {
+            self.refresh_ahead(req.uri.path());
+        }
         Some(respond_cached(&entry, &req.headers))
+    }
+
+    /// Refreshes the cache entry of the URL path `path` in the blocking pool, so a hot file
+    /// never goes stale under its requests: a stale entry makes a request wait for the disk,
+    /// and makes the shortcut decline it, which hands the rest of its connection to hyper
+    /// (see [`FileShortcut`]). Without a runtime, nothing: the entry expires as usual.
+    fn refresh_ahead(self: &Arc<Self>, path: &str) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let files = Arc::clone(self);
+        let path = path.to_owned();
+        drop(runtime.spawn_blocking(move || files.refresh(&path)));
     }
 
     fn builtin(&self, req: &Parts) -> Response<Body> {
@@ -1762,6 +1791,12 @@ impl lameduck::http::Shortcut for FileShortcut {
             negotiates |= name.eq_ignore_ascii_case("accept-encoding");
         }
         let entry = cache.get_if(request.path(), |e| !negotiates || e.variants.len() == 1)?;
+        // A hot file's entry is refreshed in the background before it expires: a stale entry
+        // would be declined, and a declined request hands the rest of its connection to
+        // hyper and the service for good.
+        if entry.claim_refresh() {
+            self.files.refresh_ahead(request.path());
+        }
         let variant = entry.variant(None)?;
         let head = entry.wire_head(|| wire_head(&respond_cached(&entry, &HeaderMap::new())));
         self.metrics.count_response(StatusCode::OK);

@@ -120,6 +120,71 @@ fn headers_but_date(resp: &util::Resp) -> Vec<(String, String)> {
     headers
 }
 
+/// One `GET path` on `conn` (keep-alive), read to the end of its body.
+fn get_on(conn: &mut std::net::TcpStream, path: &str) -> util::Resp {
+    use std::io::{Read, Write};
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let resp = util::parse(&buf[..end + 4], true);
+            let len: usize = resp.header("content-length").unwrap().parse().unwrap();
+            if buf.len() >= end + 4 + len {
+                return util::parse(&buf, false);
+            }
+        }
+        let n = conn.read(&mut chunk).unwrap();
+        assert!(n > 0, "the server closed a keep-alive connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn a_hot_file_asked_for_on_one_connection_is_refreshed_before_it_goes_stale() {
+    let site = TempDir::new("cache-refresh");
+    site.write("hot.txt", b"hot\n");
+    let server = Lameduck::serve(&[site.arg()], true);
+    // The first connection's first request fills the cache (so the service, through hyper,
+    // answers the rest of that connection); the second connection's go to the shortcut.
+    let mut by_service = util::connect(server.addr);
+    assert_eq!(get_on(&mut by_service, "/hot.txt").body, b"hot\n");
+    let mut by_shortcut = util::connect(server.addr);
+    let misses = metric(&server, "lameduck_cache_misses_total");
+    let pool = metric(&server, "lameduck_file_lookups_total{at=\"pool\"}");
+    // Seven times the validity: an entry left to go stale would be missed (and the rest of
+    // the shortcut's connection handed to the service) about once per 200 ms; refreshed in
+    // the background from half its validity on, it never is.
+    let end = Instant::now() + Duration::from_millis(1_500);
+    let mut asked = 0;
+    while Instant::now() < end {
+        for conn in [&mut by_service, &mut by_shortcut] {
+            let resp = get_on(conn, "/hot.txt");
+            assert_eq!((resp.status, resp.body.as_slice()), (200, &b"hot\n"[..]));
+            asked += 1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let missed = metric(&server, "lameduck_cache_misses_total") - misses;
+    let waited = metric(&server, "lameduck_file_lookups_total{at=\"pool\"}") - pool;
+    // Room for one refresh that a loaded machine ran late.
+    assert!(
+        missed <= 1 && waited <= 1,
+        "{asked} requests: {missed} cache misses, {waited} waited on the blocking pool"
+    );
+    // And a change is still seen within the bound: the refreshes read the disk.
+    site.write("hot.txt", b"new\n");
+    let changed = Instant::now();
+    while get_on(&mut by_shortcut, "/hot.txt").body != b"new\n" {
+        assert!(
+            changed.elapsed() < FRESH,
+            "the change was not served in time"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn a_cached_file_is_answered_alike_by_the_shortcut_and_by_the_service() {
     let site = TempDir::new("cache-shortcut");
