@@ -21,9 +21,9 @@ pub(crate) const VALIDITY: Duration = Duration::from_millis(200);
 pub(crate) const MAX_FILE: u64 = 256 * 1024;
 /// Bookkeeping counted per entry on top of its bytes.
 const ENTRY_OVERHEAD: usize = 256;
-/// Counted per entry for its prepared HTTP/1.1 head ([`Entry::wire_head`]), on top of the
-/// ETag and the content type it holds.
-const WIRE_HEAD_OVERHEAD: usize = 160;
+/// Counted per entry for its two prepared HTTP/1.1 heads ([`Entry::wire_head`],
+/// [`Entry::not_modified_head`]), on top of the ETag and the content type it holds.
+const WIRE_HEAD_OVERHEAD: usize = 256;
 
 /// One representation of a cached file: the file itself, or a precompressed sibling.
 #[derive(Debug)]
@@ -44,6 +44,8 @@ pub(crate) struct Entry {
     /// The HTTP/1.1 head of the whole file itself (`200`), made on the first request that
     /// needs it: what the shortcut writes ([`crate::files::FileShortcut`]).
     wire_head: OnceLock<Bytes>,
+    /// The HTTP/1.1 head of its `304 Not Modified`, made on the first request that needs it.
+    not_modified_head: OnceLock<Bytes>,
     checked: Instant,
     /// Set by the one caller that refreshes this entry ahead of its expiry.
     refresh_claimed: AtomicBool,
@@ -65,6 +67,7 @@ impl Entry {
             content_type,
             variants,
             wire_head: OnceLock::new(),
+            not_modified_head: OnceLock::new(),
             checked: Instant::now(),
             refresh_claimed: AtomicBool::new(false),
             size,
@@ -74,6 +77,11 @@ impl Entry {
     /// The prepared head of the file's `200` response, made by `make` the first time.
     pub(crate) fn wire_head(&self, make: impl FnOnce() -> Bytes) -> &Bytes {
         self.wire_head.get_or_init(make)
+    }
+
+    /// The prepared head of the file's `304 Not Modified`, made by `make` the first time.
+    pub(crate) fn not_modified_head(&self, make: impl FnOnce() -> Bytes) -> &Bytes {
+        self.not_modified_head.get_or_init(make)
     }
 
     /// Whether the caller is the one to refresh this entry ahead of its expiry: `true` once,

@@ -18,6 +18,8 @@ pub(crate) struct Metrics {
     /// Requests that needed the file system, by where they were answered: on the async
     /// worker (nothing had to wait), in the blocking pool.
     lookups: [AtomicU64; 2],
+    /// Requests the HTTP/1.1 shortcut answered (`crate::files::FileShortcut`).
+    shortcut: AtomicU64,
     started: Instant,
 }
 
@@ -46,6 +48,7 @@ impl Metrics {
             responses: Default::default(),
             file_errors: Default::default(),
             lookups: Default::default(),
+            shortcut: AtomicU64::new(0),
             started: Instant::now(),
         }
     }
@@ -64,6 +67,11 @@ impl Metrics {
     pub(crate) fn count_lookup(&self, at: Lookup) {
         // Relaxed: an independent counter.
         self.lookups[at as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_shortcut(&self) {
+        // Relaxed: an independent counter.
+        self.shortcut.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn uptime_s(&self) -> u64 {
@@ -215,6 +223,15 @@ impl ServerView {
                 "counter",
                 "Requests that looked in the small-file cache and went to the disk.",
                 &[("", cache.misses().to_string())],
+            );
+            metric(
+                "lameduck_cache_shortcut_total",
+                "counter",
+                "Cache hits answered by the HTTP/1.1 shortcut, from a prepared head before hyper parsed the request (a plain GET or HEAD, or its revalidation).",
+                &[(
+                    "",
+                    self.metrics.shortcut.load(Ordering::Relaxed).to_string(),
+                )],
             );
             metric(
                 "lameduck_cache_bytes",

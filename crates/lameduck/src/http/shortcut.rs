@@ -88,7 +88,8 @@ pub struct ShortAnswer {
 impl ShortAnswer {
     /// `head` is the status line and the header lines, each ending in CRLF, without the
     /// blank line that ends the head; it must carry `Content-Length` (the body's length, also
-    /// for `HEAD`), and neither `Date` nor `Connection`, which the server adds.
+    /// for `HEAD`) unless the status is `304 Not Modified` (which has no body, and `body`
+    /// is then empty), and neither `Date` nor `Connection`, which the server adds.
     pub fn new(head: Bytes, body: Bytes) -> Self {
         ShortAnswer { head, body }
     }
