@@ -8,6 +8,9 @@ Measures, as medians over interleaved rounds, with ratios against lameduck:
   CPU time per request and the machine's idle share in the same runs, with
   `lameduck serve --cache-size 0` as a column of its own (it opens each file per request,
   as nginx without `open_file_cache` does);
+- a browser's revalidation of the 90 B file (`If-None-Match` with its ETag, or
+  `If-Modified-Since` from a server that sends no ETag; answered 304), keep-alive,
+  `wrk -t2 -c50`;
 - HTTP/2 cleartext (prior knowledge) on the 90 B file: `h2load -c 20 -m 10`;
 - a large file (200 MB by default): curl downloads, MB/s;
 - memory per idle keep-alive connection (after one request), with raw hyper as the Rust
@@ -128,12 +131,14 @@ def machine_ticks():
     return v[3] + v[4], v[7], sum(v)
 
 
-def wrk(url, duration, close, pid):
+def wrk(url, duration, close, pid, headers=()):
     """requests/s, p99 (ms), and what the run cost: the server's CPU time per request (µs,
     pid and its descendants) and the machine's idle and stolen shares of the run."""
     cmd = ["wrk", "-t2", "-c50", f"-d{duration}s", "--latency"]
     if close:
         cmd += ["-H", "Connection: close"]
+    for h in headers:
+        cmd += ["-H", h]
     cpu0, (idle0, steal0, all0) = cpu_ticks(pid), machine_ticks()
     out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
     cpu1, (idle1, steal1, all1) = cpu_ticks(pid), machine_ticks()
@@ -145,6 +150,23 @@ def wrk(url, duration, close, pid):
     cost = ((cpu1 - cpu0) * tick_us / max(requests, 1),
             100.0 * (idle1 - idle0) / span, 100.0 * (steal1 - steal0) / span)
     return rps, to_ms(*m.groups()) if m else float("nan"), cost
+
+
+def revalidation(url):
+    """The revalidation header that `url` answers with a 304 (`If-None-Match` with its ETag,
+    else `If-Modified-Since` with its Last-Modified, as a browser sends them), or None."""
+    head = subprocess.run(["curl", "-sI", url], capture_output=True, text=True).stdout
+    etag = re.search(r"(?im)^etag:\s*(.+?)\s*$", head)
+    modified = re.search(r"(?im)^last-modified:\s*(.+?)\s*$", head)
+    if etag:
+        header = f"If-None-Match: {etag.group(1)}"
+    elif modified:
+        header = f"If-Modified-Since: {modified.group(1)}"
+    else:
+        return None
+    code = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", header,
+                           url], capture_output=True, text=True).stdout
+    return header if code == "304" else None
 
 
 def h2load(url, requests):
@@ -240,6 +262,9 @@ def main():
         cost = {}
         h2 = {}
         large = {}
+        revalidated = {}
+        conditional = {s.name: revalidation(f"http://127.0.0.1:{s.port}/index.html")
+                       for s in servers}
         for _ in range(args.rounds):
             for size, (path, _) in files.items():
                 for close in (False, True):
@@ -249,6 +274,11 @@ def main():
                         rps.setdefault((size, close, s.name), []).append(r)
                         p99.setdefault((size, close, s.name), []).append(p)
                         cost.setdefault((size, close, s.name), []).append(c)
+            for s in servers:
+                if conditional[s.name]:
+                    r, p, c = wrk(f"http://127.0.0.1:{s.port}/index.html", args.duration, False,
+                                  s.proc.pid, [conditional[s.name]])
+                    revalidated.setdefault(s.name, []).append((r, p, c[0]))
             for s in servers:
                 if s.h2_port:
                     h2.setdefault(s.name, []).append(
@@ -320,6 +350,23 @@ def main():
                 f"{size} {ratio(med(rps[(size, close, 'nginx')]), med(rps[(size, close, 'lameduck, no cache')]))}"
                 for size in files)
             out.append(f"\nnginx over `lameduck serve --cache-size 0` (neither caches): {pairs}")
+    out.append(f"\nRevalidation of the 90 B file (`If-None-Match` with its ETag, or "
+               f"`If-Modified-Since` where no ETag is sent: 304), keep-alive, "
+               f"`wrk -t2 -c50 -d{args.duration}s`: requests/s (ratio), p99, server CPU per "
+               "request\n")
+    out.append("| " + " | ".join(wrk_names) + " |")
+    out.append("|" + "---|" * len(wrk_names))
+    base = med([r[0] for r in revalidated.get(wrk_names[0], [])])
+    cells = []
+    for n in wrk_names:
+        runs = revalidated.get(n)
+        if not runs:
+            cells.append("n/a (no 304)")
+            continue
+        r = med([x[0] for x in runs])
+        cells.append(f"{r:,.0f} ({ratio(r, base)}), {med([x[1] for x in runs]):.2f} ms, "
+                     f"{med([x[2] for x in runs]):.1f} µs")
+    out.append("| " + " | ".join(cells) + " |")
     out.append("\nHTTP/2 cleartext, `h2load -c 20 -m 10`, 90 B file: requests/s (ratio)\n")
     out.append("| " + " | ".join(names) + " |")
     out.append("|" + "---|" * len(names))
