@@ -373,40 +373,55 @@ fn run(args: config::RunArgs) -> Result<ExitCode, BoxError> {
     }
 }
 
-/// SIGHUP handling for a single process serving HTTPS: the certificate and key are read
-/// again and swapped in; a bad pair is refused with one log line and the old one stays.
+/// SIGHUP in a process that is not the supervisor. Serving HTTPS alone, the certificate and
+/// key are read again and swapped in (a bad pair is refused with one log line and the old one
+/// stays); otherwise there is nothing to reload in place, and the signal is logged and
+/// ignored instead of ending the process by its default action (an operator used to
+/// `nginx -s reload`, or a terminal hanging up, must not stop the server).
 #[cfg(unix)]
-struct CertReloader {
+struct HupHandler {
     handle: signal_hook::iterator::Handle,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What a SIGHUP does where [`HupHandler`] handles it.
 #[cfg(unix)]
-impl CertReloader {
-    fn install(
-        resolver: lameduck::tls::CertResolver,
-        cert: std::path::PathBuf,
-        key: std::path::PathBuf,
-    ) -> std::io::Result<CertReloader> {
+enum OnHup {
+    /// Re-read this certificate and key into the resolver.
+    Cert(
+        lameduck::tls::CertResolver,
+        std::path::PathBuf,
+        std::path::PathBuf,
+    ),
+    /// Nothing: log this and carry on.
+    Ignore(&'static str),
+}
+
+#[cfg(unix)]
+impl HupHandler {
+    fn install(on_hup: OnHup) -> std::io::Result<HupHandler> {
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
         let handle = signals.handle();
         let thread = std::thread::Builder::new()
-            .name("lameduck-cert-reload".into())
+            .name("lameduck-sighup".into())
             .spawn(move || {
                 for _ in signals.forever() {
-                    match lameduck::tls::load_pem(&cert, &key) {
-                        Ok(certified) => {
-                            warn_if_expired(&certified, &cert);
-                            resolver.set(certified);
-                            tracing::info!(cert = %cert.display(), "SIGHUP: TLS certificate reloaded");
-                        }
-                        Err(e) => {
-                            tracing::error!("SIGHUP: {e}; the old certificate stays");
-                        }
+                    match &on_hup {
+                        OnHup::Cert(resolver, cert, key) => match lameduck::tls::load_pem(cert, key) {
+                            Ok(certified) => {
+                                warn_if_expired(&certified, cert);
+                                resolver.set(certified);
+                                tracing::info!(cert = %cert.display(), "SIGHUP: TLS certificate reloaded");
+                            }
+                            Err(e) => {
+                                tracing::error!("SIGHUP: {e}; the old certificate stays");
+                            }
+                        },
+                        OnHup::Ignore(why) => tracing::warn!("SIGHUP ignored: {why}"),
                     }
                 }
             })?;
-        Ok(CertReloader {
+        Ok(HupHandler {
             handle,
             thread: Some(thread),
         })
@@ -414,7 +429,7 @@ impl CertReloader {
 }
 
 #[cfg(unix)]
-impl Drop for CertReloader {
+impl Drop for HupHandler {
     fn drop(&mut self) {
         self.handle.close();
         if let Some(t) = self.thread.take() {
@@ -519,16 +534,20 @@ fn serve_here(
     };
     let _signals = lameduck::signals::install(&shutdown)?;
     // Alone, SIGHUP re-reads the certificate in place (a supervisor starts a new worker
-    // instead, which reads it at start).
+    // instead, which reads it at start), or is ignored with a warning: its default action
+    // would end the process.
     #[cfg(unix)]
-    let _reload = match (&tls, &settings.tls, mode) {
-        (Some(resolver), Some((cert, key)), Mode::Alone) => Some(CertReloader::install(
-            resolver.clone(),
-            cert.clone(),
-            key.clone(),
-        )?),
-        _ => None,
-    };
+    let _sighup = HupHandler::install(match (&tls, &settings.tls, mode) {
+        (Some(resolver), Some((cert, key)), Mode::Alone) => {
+            OnHup::Cert(resolver.clone(), cert.clone(), key.clone())
+        }
+        (_, _, Mode::Alone) => OnHup::Ignore(
+            "with --no-supervisor there is nothing to reload in place (the supervisor reloads with no refused client; restart to apply changes)",
+        ),
+        (_, _, Mode::Worker) => OnHup::Ignore(
+            "this is a worker; send SIGHUP to its supervisor (the parent process) to reload",
+        ),
+    })?;
     // Written only now, with the sockets bound and the signals handled: whoever reads the
     // pid from it can signal a server that is ready for it.
     let _pid_file = match (mode, settings.pid_file.as_deref()) {

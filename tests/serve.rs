@@ -496,6 +496,46 @@ fn a_pid_file_names_the_server_alone_or_supervised_and_an_unwritable_one_is_exit
 }
 
 #[test]
+fn a_sighup_with_nothing_to_reload_is_logged_and_ignored_alone_or_in_a_worker() {
+    let site = TempDir::new("hup-ignored");
+    site.write("index.html", b"still here\n");
+    // Alone: no supervisor to start a new process, no certificate to re-read. The default
+    // action of SIGHUP would end the server.
+    let mut alone = Lameduck::serve(&[site.arg(), "--no-supervisor"], true);
+    for n in 1..=2 {
+        alone.signal(libc::SIGHUP);
+        let lines = alone.wait_log_count("SIGHUP ignored", n);
+        assert!(lines[n - 1].contains("--no-supervisor"), "{lines:?}");
+        assert_eq!(alone.get("/").text(), "still here\n");
+    }
+    alone.signal(SIGTERM);
+    assert_eq!(
+        alone.wait_exit().code(),
+        Some(0),
+        "a clean drain after the SIGHUPs"
+    );
+    // Supervised, a SIGHUP sent to the worker itself (a terminal hanging up signals the
+    // whole process group) leaves it serving; the supervisor has nothing to restart.
+    let mut supervised = Lameduck::serve(&[site.arg()], true);
+    let worker = util::status_field(&supervised.admin_get("/status").text(), "pid")
+        .expect("the worker's pid in /status");
+    util::send_signal(worker as u32, libc::SIGHUP);
+    let line = supervised.wait_log("SIGHUP ignored");
+    assert!(line.contains("supervisor"), "{line}");
+    assert_eq!(supervised.get("/").text(), "still here\n");
+    let status = supervised.admin_get("/status").text();
+    assert_eq!(util::status_field(&status, "pid"), Some(worker), "{status}");
+    assert_eq!(
+        util::status_field(&status, "generation"),
+        Some(0),
+        "{status}"
+    );
+    assert!(util::alive(worker as u32));
+    supervised.signal(SIGTERM);
+    assert_eq!(supervised.wait_exit().code(), Some(0));
+}
+
+#[test]
 fn bad_duration_and_bad_config_are_one_line_and_exit_1() {
     let (status, stderr) = run_to_end(&["serve", "--drain-timeout", "soon"]);
     assert_eq!(status.code(), Some(1));
