@@ -165,6 +165,17 @@ type BoxError = Box<dyn std::error::Error>;
 
 fn serve(args: ServeArgs) -> Result<ExitCode, BoxError> {
     let settings = Settings::resolve(args)?;
+    // A process that does not supervise never ends on SIGHUP: from here until the server
+    // handles it (`HupHandler`), one is dropped; the supervisor handles its own.
+    #[cfg(unix)]
+    if settings.no_supervisor
+        || std::env::var_os(lameduck::supervisor::ENV_SUPERVISOR_PID).is_some()
+    {
+        signal_hook::flag::register(
+            signal_hook::consts::SIGHUP,
+            Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        )?;
+    }
     // Checked here, in every mode, so that a bad directory is a one-line error at once.
     let metrics = Arc::new(Metrics::new());
     let files = open_files(&settings, &metrics)?;
@@ -376,8 +387,8 @@ fn run(args: config::RunArgs) -> Result<ExitCode, BoxError> {
 /// SIGHUP in a process that is not the supervisor. Serving HTTPS alone, the certificate and
 /// key are read again and swapped in (a bad pair is refused with one log line and the old one
 /// stays); otherwise there is nothing to reload in place, and the signal is logged and
-/// ignored instead of ending the process by its default action (an operator used to
-/// `nginx -s reload`, or a terminal hanging up, must not stop the server).
+/// ignored instead of ending the process by its default action (a `kill -HUP` aimed at the
+/// wrong process, out of habit from servers that reload on it, must not stop the server).
 #[cfg(unix)]
 struct HupHandler {
     handle: signal_hook::iterator::Handle,

@@ -514,8 +514,8 @@ fn a_sighup_with_nothing_to_reload_is_logged_and_ignored_alone_or_in_a_worker() 
         Some(0),
         "a clean drain after the SIGHUPs"
     );
-    // Supervised, a SIGHUP sent to the worker itself (a terminal hanging up signals the
-    // whole process group) leaves it serving; the supervisor has nothing to restart.
+    // Supervised, a SIGHUP sent to the worker itself (`pkill -HUP lameduck` reaches both
+    // processes) leaves it serving; the supervisor has nothing to restart.
     let mut supervised = Lameduck::serve(&[site.arg()], true);
     let worker = util::status_field(&supervised.admin_get("/status").text(), "pid")
         .expect("the worker's pid in /status");
