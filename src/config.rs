@@ -61,6 +61,11 @@ pub(crate) struct ServeArgs {
     /// Serve files and directories whose names start with a dot.
     #[arg(long)]
     pub(crate) dotfiles: bool,
+    /// Accept a connection only once its client has sent data, for up to --header-timeout
+    /// (Linux's TCP_DEFER_ACCEPT, nginx's `listen … deferred`): the request is readable at
+    /// once, and a client that sends nothing waits in the kernel, not in a connection slot.
+    #[arg(long)]
+    pub(crate) defer_accept: bool,
     /// Run as one process, without the supervisor that makes SIGHUP reloads and crash
     /// restarts refuse no client.
     #[arg(long)]
@@ -184,6 +189,7 @@ struct FileConfig {
     log_level: Option<String>,
     list_dirs: Option<bool>,
     dotfiles: Option<bool>,
+    defer_accept: Option<bool>,
     no_supervisor: Option<bool>,
     pid_file: Option<PathBuf>,
     ready_timeout: Option<String>,
@@ -229,6 +235,7 @@ pub(crate) struct Settings {
     pub(crate) log_level: String,
     pub(crate) list_dirs: bool,
     pub(crate) dotfiles: bool,
+    pub(crate) defer_accept: bool,
     pub(crate) no_supervisor: bool,
     pub(crate) pid_file: Option<PathBuf>,
     pub(crate) ready_timeout: Duration,
@@ -363,6 +370,7 @@ impl Settings {
                 .unwrap_or_else(|| "info".into()),
             list_dirs: args.list_dirs || file.list_dirs.unwrap_or(false),
             dotfiles: args.dotfiles || file.dotfiles.unwrap_or(false),
+            defer_accept: args.defer_accept || file.defer_accept.unwrap_or(false),
             no_supervisor: args.no_supervisor || file.no_supervisor.unwrap_or(false),
             pid_file: args.pid_file.or(file.pid_file),
             ready_timeout: args
@@ -452,7 +460,7 @@ mod tests {
         assert_eq!(s.drain_timeout, Duration::from_secs(30));
         assert_eq!(s.lame_duck, Duration::ZERO);
         assert_eq!(s.overload, OverloadArg::Wait);
-        assert!(s.dir.is_none() && !s.list_dirs && !s.dotfiles);
+        assert!(s.dir.is_none() && !s.list_dirs && !s.dotfiles && !s.defer_accept);
     }
 
     #[test]
@@ -462,7 +470,7 @@ mod tests {
         let file = dir.join("lameduck.toml");
         std::fs::write(
             &file,
-            "listen = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]\ndrain-timeout = \"5s\"\nlame-duck = \"2s\"\nlist-dirs = true\noverload = \"shed\"\n",
+            "listen = [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]\ndrain-timeout = \"5s\"\nlame-duck = \"2s\"\nlist-dirs = true\noverload = \"shed\"\ndefer-accept = true\n",
         )
         .unwrap();
         let path = file.to_str().unwrap();
@@ -470,7 +478,7 @@ mod tests {
         assert_eq!(s.listen.len(), 2);
         assert_eq!(s.drain_timeout, Duration::from_millis(500));
         assert_eq!(s.lame_duck, Duration::from_secs(2));
-        assert!(s.list_dirs);
+        assert!(s.list_dirs && s.defer_accept);
         assert_eq!(s.overload, OverloadArg::Shed);
         std::fs::remove_dir_all(&dir).unwrap();
     }

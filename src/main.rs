@@ -264,6 +264,13 @@ fn listeners(settings: &Settings) -> Result<Sockets, BoxError> {
             "adopted inherited listening sockets (LISTEN_FDS); --listen is ignored"
         );
     }
+    // Set on inherited sockets too (a worker sets it again on its supervisor's: harmless).
+    if settings.defer_accept {
+        for listener in &sockets.http {
+            lameduck::listen::defer_accept(listener, settings.header_timeout)
+                .map_err(|e| format!("--defer-accept: cannot defer accepting connections: {e}"))?;
+        }
+    }
     // Configured but not handed over (systemd socket activation without them): bound here.
     if sockets.admin.is_none() {
         sockets.admin = settings.admin.map(lameduck::listen::bind).transpose()?;

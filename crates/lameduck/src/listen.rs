@@ -93,6 +93,51 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     ListenOptions::default().bind(addr)
 }
 
+/// Defers accepting connections on `listener` until the client has sent data, for at most
+/// `wait` (Linux's `TCP_DEFER_ACCEPT`; nginx's `listen … deferred`, HAProxy's
+/// `defer-accept`). For protocols where the client speaks first (HTTP, TLS), a connection
+/// then reaches `accept` with its request already readable: the server's first read finds
+/// it, with no wait for readiness in between, and a client that connects and sends nothing
+/// waits in the kernel instead of in one of the server's connection slots. After `wait`
+/// the kernel hands the connection over anyway. Works on a socket already listening,
+/// inherited ones included; `wait` is rounded up to whole seconds (at least one).
+///
+/// # Errors
+/// The option could not be set; on systems other than Linux and Android,
+/// [`std::io::ErrorKind::Unsupported`].
+#[allow(unsafe_code)]
+pub fn defer_accept(listener: &TcpListener, wait: std::time::Duration) -> std::io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let secs = libc::c_int::try_from(secs.max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: the descriptor is open for the call (borrowed from `listener`), and the
+        // option value is a c_int that lives across it, with its size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&secs as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (listener, wait);
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "deferred accept (TCP_DEFER_ACCEPT) needs Linux",
+        ))
+    }
+}
+
 /// Adopts the listening sockets this process inherited through the `LISTEN_FDS` protocol
 /// (systemd socket activation, or a supervisor that keeps the sockets open across restarts).
 ///
