@@ -13,14 +13,6 @@ use util::{Lameduck, TempDir, get};
 /// The freshness bound the server promises, plus room for a slow machine to answer.
 const FRESH: Duration = Duration::from_millis(200 + 100);
 
-fn metric(server: &Lameduck, name: &str) -> u64 {
-    let text = server.admin_get("/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing: {text}"))
-}
-
 #[test]
 fn changes_on_disk_are_served_within_the_freshness_bound() {
     let site = TempDir::new("cache-fresh");
@@ -34,7 +26,7 @@ fn changes_on_disk_are_served_within_the_freshness_bound() {
     for _ in 0..50 {
         assert_eq!(get(addr, "/page.txt", &[]).text(), "version 0\n");
     }
-    assert!(metric(&server, "lameduck_cache_hits_total") >= 40);
+    assert!(server.metric("lameduck_cache_hits_total") >= 40);
     let mut worst = Duration::ZERO;
     for i in 1..=10 {
         // Rewritten in place (the same length, so only the bytes and the time change).
@@ -97,10 +89,10 @@ fn cache_size_0_turns_it_off_and_the_cache_is_bounded() {
             );
         }
     }
-    let used = metric(&server, "lameduck_cache_bytes");
+    let used = server.metric("lameduck_cache_bytes");
     assert!(used <= 1 << 20, "the cache holds {used} bytes");
-    assert!(metric(&server, "lameduck_cache_entries") >= 5);
-    assert_eq!(metric(&server, "lameduck_cache_capacity_bytes"), 1 << 20);
+    assert!(server.metric("lameduck_cache_entries") >= 5);
+    assert_eq!(server.metric("lameduck_cache_capacity_bytes"), 1 << 20);
 
     let off = Lameduck::serve(&[site.arg(), "--cache-size", "0"], true);
     assert_eq!(get(off.addr, "/f1.bin", &[]).status, 200);
@@ -164,8 +156,8 @@ fn a_hot_file_asked_for_on_one_connection_is_refreshed_before_it_goes_stale() {
     let mut by_service = util::connect(server.addr);
     assert_eq!(get_on(&mut by_service, "/hot.txt").body, b"hot\n");
     let mut by_shortcut = util::connect(server.addr);
-    let misses = metric(&server, "lameduck_cache_misses_total");
-    let pool = metric(&server, "lameduck_file_lookups_total{at=\"pool\"}");
+    let misses = server.metric("lameduck_cache_misses_total");
+    let pool = server.metric("lameduck_file_lookups_total{at=\"pool\"}");
     // Seven times the validity: an entry left to go stale would be missed (and the rest of
     // the shortcut's connection handed to the service) about once per 200 ms; refreshed in
     // the background from half its validity on, it never is.
@@ -179,8 +171,8 @@ fn a_hot_file_asked_for_on_one_connection_is_refreshed_before_it_goes_stale() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let missed = metric(&server, "lameduck_cache_misses_total") - misses;
-    let waited = metric(&server, "lameduck_file_lookups_total{at=\"pool\"}") - pool;
+    let missed = server.metric("lameduck_cache_misses_total") - misses;
+    let waited = server.metric("lameduck_file_lookups_total{at=\"pool\"}") - pool;
     // Room for one refresh that a loaded machine ran late.
     assert!(
         missed <= 1 && waited <= 1,
@@ -213,23 +205,23 @@ fn a_cached_file_is_answered_alike_by_the_shortcut_and_by_the_service() {
     // fresh entry (the shortcut's); the third is a revalidation with an ETag that does not
     // match, a 200 from the same entry.
     let from_disk = get(addr, "/page.html", &[]);
-    let hits = metric(&server, "lameduck_cache_hits_total");
-    let misses = metric(&server, "lameduck_cache_misses_total");
-    let answered = metric(&server, "lameduck_requests_total{class=\"2xx\"}");
+    let hits = server.metric("lameduck_cache_hits_total");
+    let misses = server.metric("lameduck_cache_misses_total");
+    let answered = server.metric("lameduck_requests_total{class=\"2xx\"}");
     let short = get(addr, "/page.html", &[]);
     assert_eq!(
-        metric(&server, "lameduck_cache_hits_total"),
+        server.metric("lameduck_cache_hits_total"),
         hits + 1,
         "a shortcut answer counts one hit"
     );
     assert_eq!(
-        metric(&server, "lameduck_requests_total{class=\"2xx\"}"),
+        server.metric("lameduck_requests_total{class=\"2xx\"}"),
         answered + 1,
         "a shortcut answer is counted as a response"
     );
     let conditional = get(addr, "/page.html", &[("If-None-Match", "\"another\"")]);
-    assert_eq!(metric(&server, "lameduck_cache_hits_total"), hits + 2);
-    assert_eq!(metric(&server, "lameduck_cache_misses_total"), misses);
+    assert_eq!(server.metric("lameduck_cache_hits_total"), hits + 2);
+    assert_eq!(server.metric("lameduck_cache_misses_total"), misses);
     for resp in [&from_disk, &short, &conditional] {
         assert_eq!(resp.status, 200);
         assert_eq!(resp.body, b"<p>a page</p>\n");
@@ -272,9 +264,9 @@ fn by_shortcut(
     headers: &[(&str, &str)],
 ) -> util::Resp {
     for _ in 0..20 {
-        let before = metric(server, "lameduck_cache_shortcut_total");
+        let before = server.metric("lameduck_cache_shortcut_total");
         let resp = util::request(server.addr, method, path, headers);
-        if metric(server, "lameduck_cache_shortcut_total") == before + 1 {
+        if server.metric("lameduck_cache_shortcut_total") == before + 1 {
             return resp;
         }
     }
@@ -333,10 +325,10 @@ fn a_revalidation_is_answered_by_the_shortcut_as_the_service_answers_it() {
                 // service.
                 let mut to_service = headers.to_vec();
                 to_service.push(("If-Match", "*"));
-                let shortcut_answers = metric(&server, "lameduck_cache_shortcut_total");
+                let shortcut_answers = server.metric("lameduck_cache_shortcut_total");
                 let service = util::request(server.addr, method, path, &to_service);
                 assert_eq!(
-                    metric(&server, "lameduck_cache_shortcut_total"),
+                    server.metric("lameduck_cache_shortcut_total"),
                     shortcut_answers,
                     "If-Match goes to the service"
                 );
@@ -366,7 +358,7 @@ fn a_revalidation_is_answered_by_the_shortcut_as_the_service_answers_it() {
         .to_owned();
     let mut on_the_shortcut = false;
     for _ in 0..20 {
-        let before = metric(&server, "lameduck_cache_shortcut_total");
+        let before = server.metric("lameduck_cache_shortcut_total");
         let mut conn = util::connect(server.addr);
         for i in 0..6 {
             let conditional = if i % 2 == 0 {
@@ -386,7 +378,7 @@ fn a_revalidation_is_answered_by_the_shortcut_as_the_service_answers_it() {
                 "request {i} on one connection"
             );
         }
-        if metric(&server, "lameduck_cache_shortcut_total") == before + 6 {
+        if server.metric("lameduck_cache_shortcut_total") == before + 6 {
             on_the_shortcut = true;
             break;
         }

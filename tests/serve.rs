@@ -535,42 +535,31 @@ fn a_sighup_with_nothing_to_reload_is_logged_and_ignored_alone_or_in_a_worker() 
     assert_eq!(supervised.wait_exit().code(), Some(0));
 }
 
-/// A counter or gauge from the admin endpoint's `/metrics`.
-fn metric(server: &Lameduck, name: &str) -> u64 {
-    let text = server.admin_get("/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing: {text}"))
-}
-
 #[test]
 fn defer_accept_leaves_a_silent_client_in_the_kernel_and_answers_one_that_speaks() {
     let site = TempDir::new("defer-accept");
     site.write("index.html", b"spoken to\n");
     // Without it, a client that connects and says nothing is accepted (it holds a slot).
     let plain = Lameduck::serve(&[site.arg(), "--no-supervisor"], true);
-    let before = metric(&plain, "lameduck_connections_accepted_total");
+    let before = plain.metric("lameduck_connections_accepted_total");
     let _silent = util::connect(plain.addr);
     assert!(
-        util::eventually(WAIT, || metric(
-            &plain,
-            "lameduck_connections_accepted_total"
-        ) > before),
+        util::eventually(WAIT, || plain.metric("lameduck_connections_accepted_total")
+            > before),
         "a silent connection is accepted without --defer-accept"
     );
     // With it (supervised, so the supervisor's socket carries the option to the worker),
     // the silent client is not accepted; once it speaks, it is, and answered.
     let deferred = Lameduck::serve(&[site.arg(), "--defer-accept"], true);
-    let before = metric(&deferred, "lameduck_connections_accepted_total");
+    let before = deferred.metric("lameduck_connections_accepted_total");
     let mut silent = util::connect(deferred.addr);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        metric(&deferred, "lameduck_connections_accepted_total"),
+        deferred.metric("lameduck_connections_accepted_total"),
         before,
         "a silent connection waits in the kernel"
     );
-    assert_eq!(metric(&deferred, "lameduck_connections_active"), 0);
+    assert_eq!(deferred.metric("lameduck_connections_active"), 0);
     silent
         .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -579,7 +568,7 @@ fn defer_accept_leaves_a_silent_client_in_the_kernel_and_answers_one_that_speaks
     let resp = util::parse(&buf, false);
     assert_eq!((resp.status, resp.text()), (200, "spoken to\n".to_owned()));
     assert_eq!(
-        metric(&deferred, "lameduck_connections_accepted_total"),
+        deferred.metric("lameduck_connections_accepted_total"),
         before + 1
     );
     assert_eq!(deferred.get("/").text(), "spoken to\n");

@@ -187,6 +187,15 @@ impl Lameduck {
         get(self.admin.expect("started with --admin"), path, &[])
     }
 
+    /// A counter or gauge (with its labels, if any, in `name`) from the admin `/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = self.admin_get("/metrics").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {text}"))
+    }
+
     /// Polls the admin `/status` until its phase is `phase`.
     pub fn wait_phase(&self, phase: &str) {
         let needle = format!("\"phase\":\"{phase}\"");
