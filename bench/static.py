@@ -9,8 +9,10 @@ Measures, as medians over interleaved rounds, with ratios against lameduck:
   `lameduck serve --cache-size 0` as a column of its own (it opens each file per request,
   as nginx without `open_file_cache` does);
 - a browser's revalidation of the 90 B file (`If-None-Match` with its ETag, or
-  `If-Modified-Since` from a server that sends no ETag; answered 304), keep-alive,
-  `wrk -t2 -c50`;
+  `If-Modified-Since` from a server that sends no ETag; answered 304), and a browser's GET
+  of a script with a precompressed sibling (`app.js` and `app.js.gz`, `Accept-Encoding:
+  gzip, deflate, br`; nginx with `gzip_static`, caddy with `precompressed`,
+  static-web-server with `--compression-static`), keep-alive, `wrk -t2 -c50`;
 - HTTP/2 cleartext (prior knowledge) on the 90 B file: `h2load -c 20 -m 10`;
 - a large file (200 MB by default): curl downloads, MB/s;
 - memory per idle keep-alive connection (after one request), with raw hyper as the Rust
@@ -27,7 +29,9 @@ static-web-server on PATH or in /tmp/sws/bin (`cargo install static-web-server -
 """
 
 import argparse
+import base64
 import datetime
+import gzip
 import os
 import platform
 import re
@@ -81,7 +85,9 @@ def start_lameduck_uncached(www, d):
 
 def start_nginx(www, d):
     port, h2 = free_port(), free_port()
-    p, _ = benchlib.start_nginx(d, f"""server {{ listen 127.0.0.1:{port}; root {www}; }}
+    # gzip_static: precompressed siblings, as lameduck serves them.
+    p, _ = benchlib.start_nginx(d, f"""gzip_static on;
+  server {{ listen 127.0.0.1:{port}; root {www}; }}
   server {{ listen 127.0.0.1:{h2} http2; root {www}; }}""", port)
     return Server("nginx", p, port, h2)
 
@@ -99,7 +105,9 @@ def start_caddy(www, d):
 }}
 http://127.0.0.1:{port} {{
   root * {www}
-  file_server
+  file_server {{
+    precompressed gzip
+  }}
 }}
 """)
     env = dict(os.environ, XDG_DATA_HOME=d, XDG_CONFIG_HOME=d, HOME=d)
@@ -113,7 +121,8 @@ http://127.0.0.1:{port} {{
 def start_sws(www, _d):
     port = free_port()
     p = subprocess.Popen([sws_binary(), "--host", "127.0.0.1", "--port", str(port), "--root", www,
-                          "--log-level", "error", "--threads-multiplier", "1"],
+                          "--log-level", "error", "--threads-multiplier", "1",
+                          "--compression-static", "true"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     wait_listening(port, p)
@@ -173,6 +182,17 @@ def revalidation(url):
     code = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", header,
                            url], capture_output=True, text=True).stdout
     return header if code == "304" else None
+
+
+BROWSER_AE = "Accept-Encoding: gzip, deflate, br"
+
+
+def serves_precompressed(url, sibling):
+    """Whether `url` answers a browser's Accept-Encoding with the bytes of `sibling`, its
+    gzip file (with a Content-Length or chunked)."""
+    out = subprocess.run(["curl", "-s", "-H", BROWSER_AE, url], capture_output=True).stdout
+    with open(sibling, "rb") as f:
+        return out == f.read()
 
 
 def h2load(url, requests):
@@ -242,6 +262,12 @@ def main():
     for path, data in files.values():
         with open(os.path.join(www, path.lstrip("/")), "wb") as f:
             f.write(data)
+    # A script and its gzip sibling, for the precompressed row (not in `files`).
+    script = base64.b64encode(os.urandom(3000))
+    with open(os.path.join(www, "app.js"), "wb") as f:
+        f.write(script)
+    with open(os.path.join(www, "app.js.gz"), "wb") as f:
+        f.write(gzip.compress(script, 9))
     with open(os.path.join(www, "large.bin"), "wb") as f:
         chunk = os.urandom(1 << 20)
         for _ in range(args.large_mb):
@@ -271,6 +297,11 @@ def main():
         revalidated = {}
         conditional = {s.name: revalidation(f"http://127.0.0.1:{s.port}/index.html")
                        for s in servers}
+        gz_size = os.path.getsize(os.path.join(www, "app.js.gz"))
+        precompressed = {s.name: serves_precompressed(f"http://127.0.0.1:{s.port}/app.js",
+                                                      os.path.join(www, "app.js.gz"))
+                         for s in servers}
+        compressed = {}
         for _ in range(args.rounds):
             for size, (path, _) in files.items():
                 for close in (False, True):
@@ -285,6 +316,11 @@ def main():
                     r, p, c = wrk(f"http://127.0.0.1:{s.port}/index.html", args.duration, False,
                                   s.proc.pid, [conditional[s.name]])
                     revalidated.setdefault(s.name, []).append((r, p, c[0]))
+            for s in servers:
+                if precompressed[s.name]:
+                    r, p, c = wrk(f"http://127.0.0.1:{s.port}/app.js", args.duration, False,
+                                  s.proc.pid, [BROWSER_AE])
+                    compressed.setdefault(s.name, []).append((r, p, c[0]))
             for s in servers:
                 if s.h2_port:
                     h2.setdefault(s.name, []).append(
@@ -356,23 +392,28 @@ def main():
                 f"{size} {ratio(med(rps[(size, close, 'nginx')]), med(rps[(size, close, 'lameduck, no cache')]))}"
                 for size in files)
             out.append(f"\nnginx over `lameduck serve --cache-size 0` (neither caches): {pairs}")
-    out.append(f"\nRevalidation of the 90 B file (`If-None-Match` with its ETag, or "
-               f"`If-Modified-Since` where no ETag is sent: 304), keep-alive, "
-               f"`wrk -t2 -c50 -d{args.duration}s`: requests/s (ratio), p99, server CPU per "
-               "request\n")
-    out.append("| " + " | ".join(wrk_names) + " |")
-    out.append("|" + "---|" * len(wrk_names))
-    base = med([r[0] for r in revalidated.get(wrk_names[0], [])])
-    cells = []
-    for n in wrk_names:
-        runs = revalidated.get(n)
-        if not runs:
-            cells.append("n/a (no 304)")
-            continue
-        r = med([x[0] for x in runs])
-        cells.append(f"{r:,.0f} ({ratio(r, base)}), {med([x[1] for x in runs]):.2f} ms, "
-                     f"{med([x[2] for x in runs]):.1f} µs")
-    out.append("| " + " | ".join(cells) + " |")
+    browser_rows = (
+        (revalidated, "Revalidation of the 90 B file (`If-None-Match` with its ETag, or "
+                      "`If-Modified-Since` where no ETag is sent: 304)", "n/a (no 304)"),
+        (compressed, f"A browser's GET of a script with a precompressed sibling ({gz_size} B "
+                     f"`app.js.gz`, `{BROWSER_AE}`)", "n/a (not precompressed)"),
+    )
+    for runs_by_name, what, missing in browser_rows:
+        out.append(f"\n{what}, keep-alive, `wrk -t2 -c50 -d{args.duration}s`: requests/s "
+                   "(ratio), p99, server CPU per request\n")
+        out.append("| " + " | ".join(wrk_names) + " |")
+        out.append("|" + "---|" * len(wrk_names))
+        base = med([r[0] for r in runs_by_name.get(wrk_names[0], [])])
+        cells = []
+        for n in wrk_names:
+            runs = runs_by_name.get(n)
+            if not runs:
+                cells.append(missing)
+                continue
+            r = med([x[0] for x in runs])
+            cells.append(f"{r:,.0f} ({ratio(r, base)}), {med([x[1] for x in runs]):.2f} ms, "
+                         f"{med([x[2] for x in runs]):.1f} µs")
+        out.append("| " + " | ".join(cells) + " |")
     out.append("\nHTTP/2 cleartext, `h2load -c 20 -m 10`, 90 B file: requests/s (ratio)\n")
     out.append("| " + " | ".join(names) + " |")
     out.append("|" + "---|" * len(names))

@@ -21,9 +21,9 @@ pub(crate) const VALIDITY: Duration = Duration::from_millis(200);
 pub(crate) const MAX_FILE: u64 = 256 * 1024;
 /// Bookkeeping counted per entry on top of its bytes.
 const ENTRY_OVERHEAD: usize = 256;
-/// Counted per entry for its two prepared HTTP/1.1 heads ([`Entry::wire_head`],
-/// [`Entry::not_modified_head`]), on top of the ETag (in both) and the content type (in the
-/// `200`'s) they hold: about 156 and 126 bytes of names, dates and the other headers.
+/// Counted per representation for its two prepared HTTP/1.1 heads ([`Variant::wire_head`],
+/// [`Variant::not_modified_head`]), on top of the ETag (in both) and the content type (in
+/// the `200`'s) they hold: about 156 and 126 bytes of names, dates and the other headers.
 const WIRE_HEAD_OVERHEAD: usize = 288;
 
 /// One representation of a cached file: the file itself, or a precompressed sibling.
@@ -35,6 +35,28 @@ pub(crate) struct Variant {
     pub(crate) etag: String,
     pub(crate) modified: Option<SystemTime>,
     pub(crate) last_modified: Option<String>,
+    /// The HTTP/1.1 heads of this representation's `200` and `304`, made on the first
+    /// request that needs each: what the shortcut writes ([`crate::files::FileShortcut`]).
+    pub(crate) heads: PreparedHeads,
+}
+
+/// A representation's prepared HTTP/1.1 heads; empty until the shortcut needs them.
+#[derive(Debug, Default)]
+pub(crate) struct PreparedHeads {
+    ok: OnceLock<Bytes>,
+    not_modified: OnceLock<Bytes>,
+}
+
+impl Variant {
+    /// The prepared head of this representation's whole `200`, made by `make` the first time.
+    pub(crate) fn wire_head(&self, make: impl FnOnce() -> Bytes) -> &Bytes {
+        self.heads.ok.get_or_init(make)
+    }
+
+    /// The prepared head of its `304 Not Modified`, made by `make` the first time.
+    pub(crate) fn not_modified_head(&self, make: impl FnOnce() -> Bytes) -> &Bytes {
+        self.heads.not_modified.get_or_init(make)
+    }
 }
 
 /// A cached URL: its representations and their content type.
@@ -42,11 +64,6 @@ pub(crate) struct Variant {
 pub(crate) struct Entry {
     pub(crate) content_type: HeaderValue,
     pub(crate) variants: Vec<Variant>,
-    /// The HTTP/1.1 head of the whole file itself (`200`), made on the first request that
-    /// needs it: what the shortcut writes ([`crate::files::FileShortcut`]).
-    wire_head: OnceLock<Bytes>,
-    /// The HTTP/1.1 head of its `304 Not Modified`, made on the first request that needs it.
-    not_modified_head: OnceLock<Bytes>,
     checked: Instant,
     /// Set by the one caller that refreshes this entry ahead of its expiry.
     refresh_claimed: AtomicBool,
@@ -55,34 +72,21 @@ pub(crate) struct Entry {
 
 impl Entry {
     pub(crate) fn new(content_type: HeaderValue, variants: Vec<Variant>) -> Entry {
+        // Each representation: its bytes, its ETag and dates, and its two prepared heads.
         let size = variants
             .iter()
-            .map(|v| v.bytes.len() + v.etag.len() + 64)
+            .map(|v| {
+                v.bytes.len() + 3 * v.etag.len() + 64 + content_type.len() + WIRE_HEAD_OVERHEAD
+            })
             .sum::<usize>()
             + ENTRY_OVERHEAD;
-        let size = size
-            + 2 * variants.first().map_or(0, |v| v.etag.len())
-            + content_type.len()
-            + WIRE_HEAD_OVERHEAD;
         Entry {
             content_type,
             variants,
-            wire_head: OnceLock::new(),
-            not_modified_head: OnceLock::new(),
             checked: Instant::now(),
             refresh_claimed: AtomicBool::new(false),
             size,
         }
-    }
-
-    /// The prepared head of the file's `200` response, made by `make` the first time.
-    pub(crate) fn wire_head(&self, make: impl FnOnce() -> Bytes) -> &Bytes {
-        self.wire_head.get_or_init(make)
-    }
-
-    /// The prepared head of the file's `304 Not Modified`, made by `make` the first time.
-    pub(crate) fn not_modified_head(&self, make: impl FnOnce() -> Bytes) -> &Bytes {
-        self.not_modified_head.get_or_init(make)
     }
 
     /// Whether the caller is the one to refresh this entry ahead of its expiry: `true` once,
@@ -237,6 +241,7 @@ mod tests {
                 etag: "\"x\"".into(),
                 modified: None,
                 last_modified: None,
+                heads: PreparedHeads::default(),
             }],
         ))
     }

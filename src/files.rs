@@ -665,6 +665,7 @@ impl Files {
             last_modified: modified.map(httpdate::fmt_http_date),
             modified,
             bytes: Bytes::from(bytes),
+            heads: Default::default(),
         })
     }
 
@@ -801,11 +802,7 @@ fn file_response(
 /// Answers from a cache entry: the client's preferred representation, then the same
 /// conditional and range handling as from the disk.
 fn respond_cached(entry: &Entry, headers: &HeaderMap) -> Response<Body> {
-    let variant = preferred_encodings(headers)
-        .into_iter()
-        .find_map(|(encoding, _)| entry.variant(Some(encoding)))
-        .or_else(|| entry.variant(None))
-        .expect("an entry holds the file itself");
+    let variant = choose_variant(entry, headers);
     let len = variant.bytes.len() as u64;
     let base = base_headers(&variant.etag, variant.last_modified.as_deref());
     let range = match conditional_range(
@@ -831,6 +828,15 @@ fn respond_cached(entry: &Entry, headers: &HeaderMap) -> Response<Body> {
         range,
         len,
     )
+}
+
+/// The representation of `entry` that `headers` (their `Accept-Encoding`) prefer.
+fn choose_variant<'a>(entry: &'a Entry, headers: &HeaderMap) -> &'a Variant {
+    preferred_encodings(headers)
+        .into_iter()
+        .find_map(|(encoding, _)| entry.variant(Some(encoding)))
+        .or_else(|| entry.variant(None))
+        .expect("an entry holds the file itself")
 }
 
 /// Characters escaped in a listing's links (a trailing `/` on directories is kept).
@@ -1761,12 +1767,13 @@ const NOT_SHORT: [&str; 4] = ["if-match", "if-unmodified-since", "if-range", "ra
 
 /// The fast road for the commonest requests of all: a plain `GET` or `HEAD` of a file in the
 /// cache, fresh, with no range and no precondition but a revalidation (`If-None-Match`,
-/// `If-Modified-Since`), asking for the file itself (no `Accept-Encoding`, or a file without
-/// precompressed siblings). Its answer is the cached bytes behind a head prepared once per
-/// entry from the very response [`StaticService`] makes for the same request
-/// (`respond_cached`), so the two cannot differ: the `200`, or the `304` when the
-/// revalidation matches, decided by the service's own `preconditions`. Every other request
-/// is declined and goes to the service.
+/// `If-Modified-Since`), as a browser asks for a page, a style sheet or a script. The
+/// representation (the file or a precompressed sibling) is chosen by the service's own
+/// `choose_variant` from `Accept-Encoding`, and the `200` or `304` by its own
+/// `preconditions`; the answer is that representation's cached bytes behind a head prepared
+/// once per representation from the very response [`StaticService`] makes for a request
+/// that chooses it (`respond_cached`), so the two cannot differ. Every other request is
+/// declined and goes to the service.
 #[derive(Clone, Debug)]
 pub(crate) struct FileShortcut {
     pub(crate) files: Arc<Files>,
@@ -1779,45 +1786,59 @@ impl lameduck::http::Shortcut for FileShortcut {
         request: &lameduck::http::ShortRequest<'_>,
     ) -> Option<lameduck::http::ShortAnswer> {
         let cache = self.files.cache.as_ref()?;
-        // One pass over the headers.
-        let mut negotiates = false;
-        let mut revalidation: Option<HeaderMap> = None;
+        // One pass over the headers, keeping those that choose the answer: the revalidation,
+        // and the encodings accepted.
+        let mut choosing: Option<HeaderMap> = None;
+        let mut revalidates = false;
         for (name, value) in request.headers() {
-            let revalidates = if name.eq_ignore_ascii_case("if-none-match") {
-                Some(header::IF_NONE_MATCH)
+            let kept = if name.eq_ignore_ascii_case("if-none-match") {
+                revalidates = true;
+                header::IF_NONE_MATCH
             } else if name.eq_ignore_ascii_case("if-modified-since") {
-                Some(header::IF_MODIFIED_SINCE)
-            } else {
-                None
-            };
-            if let Some(name) = revalidates {
-                let value = HeaderValue::from_bytes(value).ok()?;
-                revalidation
-                    .get_or_insert_with(HeaderMap::new)
-                    .append(name, value);
-                continue;
-            }
-            if NOT_SHORT.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+                revalidates = true;
+                header::IF_MODIFIED_SINCE
+            } else if name.eq_ignore_ascii_case("accept-encoding") {
+                header::ACCEPT_ENCODING
+            } else if NOT_SHORT.iter().any(|h| name.eq_ignore_ascii_case(h)) {
                 return None;
-            }
-            negotiates |= name.eq_ignore_ascii_case("accept-encoding");
+            } else {
+                continue;
+            };
+            let value = HeaderValue::from_bytes(value).ok()?;
+            choosing
+                .get_or_insert_with(HeaderMap::new)
+                .append(kept, value);
         }
-        let entry = cache.get_if(request.path(), |e| !negotiates || e.variants.len() == 1)?;
+        let entry = cache.get_if(request.path(), |_| true)?;
         // A hot file's entry is refreshed in the background before it expires: a stale entry
         // would be declined, and a declined request hands the rest of its connection to
         // hyper and the service for good.
         if entry.claim_refresh() {
             self.files.refresh_ahead(request.path());
         }
-        let variant = entry.variant(None)?;
-        let not_modified = revalidation.is_some_and(|headers| {
-            preconditions(&headers, &variant.etag, variant.modified, SystemTime::now())
-                == Precondition::NotModified
-        });
+        let choosing = choosing.unwrap_or_default();
+        // The representation and the precondition as the service decides them.
+        let variant = choose_variant(&entry, &choosing);
+        let not_modified = revalidates
+            && preconditions(
+                &choosing,
+                &variant.etag,
+                variant.modified,
+                SystemTime::now(),
+            ) == Precondition::NotModified;
+        // A head depends on the representation alone: it is made once, from the service's
+        // answer to a request that chooses that representation.
+        let canonical = || {
+            let mut headers = HeaderMap::new();
+            if let Some(encoding) = variant.encoding {
+                headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(encoding));
+            }
+            headers
+        };
         let answer = if not_modified {
-            let head = entry.not_modified_head(|| {
+            let head = variant.not_modified_head(|| {
                 // Any request the ETag matches gets the same 304.
-                let mut matching = HeaderMap::new();
+                let mut matching = canonical();
                 matching.insert(
                     header::IF_NONE_MATCH,
                     HeaderValue::from_str(&variant.etag).expect("an etag is ASCII"),
@@ -1829,7 +1850,7 @@ impl lameduck::http::Shortcut for FileShortcut {
             self.metrics.count_response(StatusCode::NOT_MODIFIED);
             lameduck::http::ShortAnswer::new(head.clone(), Bytes::new())
         } else {
-            let head = entry.wire_head(|| wire_head(&respond_cached(&entry, &HeaderMap::new())));
+            let head = variant.wire_head(|| wire_head(&respond_cached(&entry, &canonical())));
             self.metrics.count_response(StatusCode::OK);
             lameduck::http::ShortAnswer::new(head.clone(), variant.bytes.clone())
         };

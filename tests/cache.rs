@@ -239,8 +239,8 @@ fn a_cached_file_is_answered_alike_by_the_shortcut_and_by_the_service() {
         get(addr, "/page.html", &[("If-None-Match", &etag)]).status,
         304
     );
-    // A file with a precompressed sibling: the file itself without Accept-Encoding (the
-    // shortcut may answer that), the sibling when it is accepted (always the service's).
+    // A file with a precompressed sibling: the file itself without Accept-Encoding, the
+    // sibling when it is accepted.
     for _ in 0..2 {
         let plain = get(addr, "/style.css", &[]);
         assert_eq!(plain.body, b"p { color: red }\n");
@@ -277,13 +277,31 @@ fn by_shortcut(
 fn a_revalidation_is_answered_by_the_shortcut_as_the_service_answers_it() {
     let site = TempDir::new("cache-revalidate");
     site.write("page.html", b"<p>a page</p>\n");
-    // A file with a precompressed sibling: the shortcut answers for the file itself (no
-    // Accept-Encoding), with its Vary.
+    // A file with a precompressed sibling: the shortcut answers for the file itself, or for
+    // the sibling when Accept-Encoding takes it, with its Vary.
     site.write("style.css", b"p { color: red }\n");
     site.write("style.css.gz", b"what the sibling holds\n");
     let server = Lameduck::serve(&[site.arg()], true);
-    for path in ["/page.html", "/style.css"] {
-        let first = get(server.addr, path, &[]);
+    let gzip = [("Accept-Encoding", "gzip")];
+    let br_first = [("Accept-Encoding", "br, gzip;q=0.5")];
+    let identity = [("Accept-Encoding", "gzip;q=0, identity")];
+    // (path, Accept-Encoding sent, the Content-Encoding of its 200)
+    type Accept<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+    let accepts: [Accept<'_>; 6] = [
+        ("/page.html", &[], None),
+        ("/page.html", &gzip, None),
+        ("/style.css", &[], None),
+        ("/style.css", &gzip, Some("gzip")),
+        ("/style.css", &br_first, Some("gzip")),
+        ("/style.css", &identity, None),
+    ];
+    for (path, accept, encoding) in accepts {
+        let first = get(server.addr, path, accept);
+        assert_eq!(
+            first.header("content-encoding"),
+            encoding,
+            "{path} {accept:?}"
+        );
         let etag = first.header("etag").expect("an etag").to_owned();
         let modified = first.header("last-modified").expect("a date").to_owned();
         let weak = format!("W/{etag}");
@@ -319,6 +337,8 @@ fn a_revalidation_is_answered_by_the_shortcut_as_the_service_answers_it() {
             (&[("If-Modified-Since", "not a date")], 200),
         ];
         for (headers, status) in cases {
+            let headers: Vec<(&str, &str)> = accept.iter().chain(headers).copied().collect();
+            let headers = headers.as_slice();
             for method in ["GET", "HEAD"] {
                 let short = by_shortcut(&server, method, path, headers);
                 // `If-Match: *` (the file exists, so it holds) sends the same request to the
@@ -342,6 +362,9 @@ fn a_revalidation_is_answered_by_the_shortcut_as_the_service_answers_it() {
                 assert_eq!(short.body, service.body, "{what}");
                 assert_eq!(short.header("etag"), Some(etag.as_str()), "{what}");
                 assert_eq!(short.header("vary"), Some("accept-encoding"), "{what}");
+                if status == 200 {
+                    assert_eq!(short.header("content-encoding"), encoding, "{what}");
+                }
                 if status == 304 {
                     assert!(short.body.is_empty(), "{what}");
                     assert_eq!(short.header("content-length"), None, "{what}");
