@@ -85,8 +85,10 @@ def start_lameduck_uncached(www, d):
 
 def start_nginx(www, d):
     port, h2 = free_port(), free_port()
-    # gzip_static: precompressed siblings, as lameduck serves them.
-    p, _ = benchlib.start_nginx(d, f"""gzip_static on;
+    # gzip_static: precompressed siblings, as lameduck serves them (where nginx has it).
+    built = subprocess.run(["nginx", "-V"], capture_output=True, text=True).stderr
+    static_gz = "gzip_static on;" if "http_gzip_static_module" in built else ""
+    p, _ = benchlib.start_nginx(d, f"""{static_gz}
   server {{ listen 127.0.0.1:{port}; root {www}; }}
   server {{ listen 127.0.0.1:{h2} http2; root {www}; }}""", port)
     return Server("nginx", p, port, h2)
@@ -120,9 +122,10 @@ http://127.0.0.1:{port} {{
 
 def start_sws(www, _d):
     port = free_port()
+    usage = subprocess.run([sws_binary(), "--help"], capture_output=True, text=True).stdout
+    static_gz = ["--compression-static", "true"] if "--compression-static" in usage else []
     p = subprocess.Popen([sws_binary(), "--host", "127.0.0.1", "--port", str(port), "--root", www,
-                          "--log-level", "error", "--threads-multiplier", "1",
-                          "--compression-static", "true"],
+                          "--log-level", "error", "--threads-multiplier", "1", *static_gz],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     wait_listening(port, p)

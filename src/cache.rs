@@ -76,7 +76,14 @@ impl Entry {
         let size = variants
             .iter()
             .map(|v| {
-                v.bytes.len() + 3 * v.etag.len() + 64 + content_type.len() + WIRE_HEAD_OVERHEAD
+                v.bytes.len()
+                    + 3 * v.etag.len()
+                    + 64
+                    + content_type.len()
+                    + WIRE_HEAD_OVERHEAD
+                    // A sibling's 200 says `content-encoding: …`.
+                    + v.encoding.map_or(0, |e| 20 + e.len())
+                    + std::mem::size_of::<PreparedHeads>()
             })
             .sum::<usize>()
             + ENTRY_OVERHEAD;

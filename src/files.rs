@@ -453,17 +453,19 @@ impl Files {
         let content_type = content_type(path);
         if let Some(cache) = &self.cache {
             if meta.len() <= crate::cache::MAX_FILE {
-                return match self.cache_entry(root, path, &meta, content_type) {
-                    Ok(entry) => {
+                match self.cache_entry(root, path, &meta, content_type.clone()) {
+                    Ok(Some(entry)) => {
                         let entry = Arc::new(entry);
                         cache.insert(req.uri.path(), Arc::clone(&entry));
-                        respond_cached(&entry, headers)
+                        return respond_cached(&entry, headers);
                     }
+                    // Served from the disk below.
+                    Ok(None) => cache.remove(req.uri.path()),
                     Err(resp) => {
                         cache.remove(req.uri.path());
-                        *resp
+                        return *resp;
                     }
-                };
+                }
             }
         }
         // A precompressed sibling, in the client's order of preference, if it exists inside
@@ -620,29 +622,41 @@ impl Files {
         ))
     }
 
-    /// Reads `path` (and its precompressed siblings) into a cache entry; on failure, the
-    /// response that says why.
+    /// Reads `path` and its precompressed siblings into a cache entry; on failure to read
+    /// `path`, the response that says why. `None` when a sibling is there but cannot be
+    /// cached (too large, unreadable): the file is then served from the disk, as with the
+    /// cache off, so that the cache never changes which representation a client gets, nor
+    /// fails a request that a sibling's fault does not concern.
     fn cache_entry(
         &self,
         root: &Path,
         path: &Path,
         meta: &std::fs::Metadata,
         content_type: HeaderValue,
-    ) -> Result<Entry, Box<Response<Body>>> {
+    ) -> Result<Option<Entry>, Box<Response<Body>>> {
         let mut variants = vec![self.read_variant(path, meta, None)?];
         for (encoding, ext) in [("br", "br"), ("gzip", "gz")] {
             let mut sibling = path.as_os_str().to_owned();
             sibling.push(".");
             sibling.push(ext);
             match self.inside(root, Path::new(&sibling)) {
-                Ok(Some((sibling, m))) if m.is_file() && m.len() <= crate::cache::MAX_FILE => {
-                    variants.push(self.read_variant(&sibling, &m, Some(encoding))?);
+                Ok(Some((sibling, m))) if m.is_file() => {
+                    if m.len() > crate::cache::MAX_FILE {
+                        return Ok(None);
+                    }
+                    match self.read_variant(&sibling, &m, Some(encoding)) {
+                        Ok(variant) => variants.push(variant),
+                        Err(_) => {
+                            tracing::debug!(sibling = %sibling.display(), "a precompressed sibling cannot be read; not cached");
+                            return Ok(None);
+                        }
+                    }
                 }
                 Ok(_) => {}
-                Err(e) => return Err(Box::new(self.failure(&e, path))),
+                Err(_) => return Ok(None),
             }
         }
-        Ok(Entry::new(content_type, variants))
+        Ok(Some(Entry::new(content_type, variants)))
     }
 
     fn read_variant(

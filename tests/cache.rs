@@ -281,19 +281,37 @@ fn a_revalidation_is_answered_by_the_shortcut_as_the_service_answers_it() {
     // the sibling when Accept-Encoding takes it, with its Vary.
     site.write("style.css", b"p { color: red }\n");
     site.write("style.css.gz", b"what the sibling holds\n");
+    // Both siblings: brotli wins a tie.
+    site.write("app.js", b"let a = 1;\n");
+    site.write("app.js.gz", b"app.js as gzip\n");
+    site.write("app.js.br", b"app.js as brotli\n");
     let server = Lameduck::serve(&[site.arg()], true);
     let gzip = [("Accept-Encoding", "gzip")];
+    let br = [("Accept-Encoding", "br")];
     let br_first = [("Accept-Encoding", "br, gzip;q=0.5")];
+    let gzip_first = [("Accept-Encoding", "gzip;q=1, br;q=0.5")];
+    let browser = [("Accept-Encoding", "gzip, deflate, br")];
+    let any = [("Accept-Encoding", "*")];
+    let no_identity = [("Accept-Encoding", "identity;q=0")];
     let identity = [("Accept-Encoding", "gzip;q=0, identity")];
     // (path, Accept-Encoding sent, the Content-Encoding of its 200)
     type Accept<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
-    let accepts: [Accept<'_>; 6] = [
+    let accepts: [Accept<'_>; 14] = [
         ("/page.html", &[], None),
         ("/page.html", &gzip, None),
         ("/style.css", &[], None),
         ("/style.css", &gzip, Some("gzip")),
         ("/style.css", &br_first, Some("gzip")),
         ("/style.css", &identity, None),
+        // Only an encoding the file lacks: the file itself.
+        ("/style.css", &br, None),
+        ("/app.js", &browser, Some("br")),
+        ("/app.js", &any, Some("br")),
+        ("/app.js", &gzip_first, Some("gzip")),
+        ("/app.js", &br_first, Some("br")),
+        ("/app.js", &no_identity, None),
+        ("/app.js", &identity, None),
+        ("/app.js", &[], None),
     ];
     for (path, accept, encoding) in accepts {
         let first = get(server.addr, path, accept);
@@ -428,4 +446,26 @@ fn a_revalidation_is_answered_by_the_shortcut_as_the_service_answers_it() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+#[test]
+fn a_sibling_too_large_to_cache_is_still_served_as_with_the_cache_off() {
+    let site = TempDir::new("cache-large-sibling");
+    site.write("big.css", b"p { margin: 0 }\n");
+    // Past the cache's per-file limit (256 KiB).
+    let large: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+    site.write("big.css.gz", &large);
+    let cached = Lameduck::serve(&[site.arg()], true);
+    let uncached = Lameduck::serve(&[site.arg(), "--cache-size", "0"], true);
+    for round in 0..3 {
+        for server in [&cached, &uncached] {
+            let gz = get(server.addr, "/big.css", &[("Accept-Encoding", "gzip")]);
+            assert_eq!(gz.header("content-encoding"), Some("gzip"), "round {round}");
+            assert!(gz.body == large, "round {round}: not the sibling's bytes");
+            let plain = get(server.addr, "/big.css", &[]);
+            assert_eq!(plain.body, b"p { margin: 0 }\n", "round {round}");
+        }
+    }
+    // Never cached, so never answered by the shortcut either.
+    assert_eq!(cached.metric("lameduck_cache_entries"), 0);
 }
