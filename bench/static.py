@@ -2,7 +2,8 @@
 """`lameduck serve` against the static servers people pick instead, in one interleaved run:
 nginx, caddy (`caddy file-server`) and static-web-server (when installed).
 
-Measures, as medians over interleaved rounds, with ratios against lameduck:
+Measures, as medians over interleaved rounds (each group of runs starting with the next server
+in turn), with ratios against lameduck:
 - small files (90 B, 4 KiB, 64 KiB) and a 1 MiB one (above the cache limit):
   `wrk -t2 -c50` requests/s and p99, keep-alive and with `Connection: close`, the server's
   CPU time per request and the machine's idle share in the same runs, with
@@ -219,6 +220,12 @@ def idle_per_conn(port, n, pid):
     return (after - before) * 1024 / n
 
 
+def rotated(seq, k):
+    """`seq` starting at its `k`th item (modulo its length), the rest in order after it."""
+    k %= max(len(seq), 1)
+    return seq[k:] + seq[:k]
+
+
 def ratio(value, base):
     return f"{value / base:.2f}" if base and value == value else "n/a"
 
@@ -246,6 +253,11 @@ def main():
     ap.add_argument("--write", metavar="FILE", help="also write the tables to FILE")
     ap.add_argument("--no-write", action="store_true", help="print only (the default)")
     args = ap.parse_args()
+    # Checked before the runs, not after them: the idle row needs raw hyper.
+    missing = [b for b in (LAMEDUCK, HELLO) if not os.path.exists(b)]
+    if missing:
+        raise SystemExit(f"bench/static.py: missing {', '.join(missing)}: build them with "
+                         "`cargo build --release --workspace --bins --examples`")
     if args.quick:
         args.rounds, args.duration, args.large_mb, args.idle = 1, 1, 20, 200
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -305,26 +317,31 @@ def main():
                                                       os.path.join(www, "app.js.gz"))
                          for s in servers}
         compressed = {}
+        # Each group of runs starts with the next server: no server always runs first, or
+        # always right after another's `Connection: close` run (its TIME_WAIT sockets).
+        turn = 0
         for _ in range(args.rounds):
             for size, (path, _) in files.items():
                 for close in (False, True):
-                    for s in servers:
+                    turn += 1
+                    for s in rotated(servers, turn):
                         r, p, c = wrk(f"http://127.0.0.1:{s.port}{path}", args.duration, close,
                                       s.proc.pid)
                         rps.setdefault((size, close, s.name), []).append(r)
                         p99.setdefault((size, close, s.name), []).append(p)
                         cost.setdefault((size, close, s.name), []).append(c)
-            for s in servers:
+            turn += 1
+            for s in rotated(servers, turn):
                 if conditional[s.name]:
                     r, p, c = wrk(f"http://127.0.0.1:{s.port}/index.html", args.duration, False,
                                   s.proc.pid, [conditional[s.name]])
                     revalidated.setdefault(s.name, []).append((r, p, c[0]))
-            for s in servers:
+            for s in rotated(servers, turn):
                 if precompressed[s.name]:
                     r, p, c = wrk(f"http://127.0.0.1:{s.port}/app.js", args.duration, False,
                                   s.proc.pid, [BROWSER_AE])
                     compressed.setdefault(s.name, []).append((r, p, c[0]))
-            for s in servers:
+            for s in rotated(servers, turn):
                 if s.h2_port:
                     h2.setdefault(s.name, []).append(
                         h2load(f"http://127.0.0.1:{s.h2_port}/index.html",
@@ -334,7 +351,7 @@ def main():
             full = [s for s in servers if not s.wrk_only]
             tries = {s.name: [] for s in full}
             for t in range(1 if args.quick else 5):
-                for s in full[t % len(full):] + full[:t % len(full)]:
+                for s in rotated(full, t):
                     tries[s.name].append(download(f"http://127.0.0.1:{s.port}/large.bin"))
             for name, got in tries.items():
                 large.setdefault(name, []).append(statistics.median(got))
