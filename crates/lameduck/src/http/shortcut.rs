@@ -114,7 +114,7 @@ pub(super) async fn run(
     state: &Arc<ConnState>,
     draining: bool,
 ) -> io::Result<Outcome> {
-    let Some((used, answer, last)) = prepare(&io.head, shortcut, draining) else {
+    let Some((used, mut pending, last)) = prepare(&io.head, shortcut, draining) else {
         return Ok(Outcome::Declined);
     };
     let in_flight = state.request_started(Version::HTTP_11);
@@ -127,10 +127,6 @@ pub(super) async fn run(
     if last {
         state.cork.want();
     }
-    let mut pending = Pending {
-        head: answer.head,
-        body: answer.body,
-    };
     std::future::poll_fn(|cx| {
         let poll = pending.poll_write(Pin::new(&mut *io), cx);
         // Waiting on the client: nothing written may stay corked meanwhile.
@@ -151,11 +147,7 @@ pub(super) async fn run(
 
 /// The request at the start of `buf`, if it is one a shortcut may take, and the shortcut's
 /// answer: `(bytes the request took, answer with Date and Connection added, last)`.
-fn prepare(
-    buf: &[u8],
-    shortcut: &dyn Shortcut,
-    draining: bool,
-) -> Option<(usize, ShortAnswer, bool)> {
+fn prepare(buf: &[u8], shortcut: &dyn Shortcut, draining: bool) -> Option<(usize, Pending, bool)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let used = match req.parse(buf) {
@@ -209,44 +201,90 @@ fn prepare(
     };
     let answer = shortcut.answer(&request)?;
     let last = close || draining;
-    let mut wire = Vec::with_capacity(answer.head.len() + 64);
-    wire.extend_from_slice(&answer.head);
-    wire.extend_from_slice(b"date: ");
-    date::with(|d| wire.extend_from_slice(d));
-    wire.extend_from_slice(b"\r\n");
+    let mut tail = Tail::default();
+    tail.push(b"date: ");
+    date::with(|d| tail.push(d));
+    tail.push(b"\r\n");
     if last {
-        wire.extend_from_slice(b"connection: close\r\n");
+        tail.push(b"connection: close\r\n");
     }
-    wire.extend_from_slice(b"\r\n");
+    tail.push(b"\r\n");
     let body = if head { Bytes::new() } else { answer.body };
-    Some((used, ShortAnswer::new(Bytes::from(wire), body), last))
+    let pending = Pending {
+        head: answer.head,
+        tail,
+        body,
+    };
+    Some((used, pending, last))
 }
 
-/// What is left of an answer to write.
+/// What is left of an answer to write: the shortcut's head as it prepared it (shared, not
+/// copied), the header lines the server adds, and the body.
 struct Pending {
     head: Bytes,
+    tail: Tail,
     body: Bytes,
 }
 
 impl Pending {
-    /// Writes until nothing is left: head and body in one vectored write where the socket
+    /// Writes until nothing is left: all three parts in one vectored write where the socket
     /// takes them.
-    fn poll_write(
+    fn poll_write<W: AsyncWrite + ?Sized>(
         &mut self,
-        mut io: Pin<&mut ConnIo>,
+        mut io: Pin<&mut W>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        while !self.head.is_empty() || !self.body.is_empty() {
-            let slices = [io::IoSlice::new(&self.head), io::IoSlice::new(&self.body)];
+        while !self.head.is_empty() || !self.tail.rest().is_empty() || !self.body.is_empty() {
+            let slices = [
+                io::IoSlice::new(&self.head),
+                io::IoSlice::new(self.tail.rest()),
+                io::IoSlice::new(&self.body),
+            ];
             let n = ready!(io.as_mut().poll_write_vectored(cx, &slices))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             let from_head = n.min(self.head.len());
             self.head.advance(from_head);
-            self.body.advance(n - from_head);
+            let from_tail = (n - from_head).min(self.tail.rest().len());
+            self.tail.start += from_tail;
+            self.body.advance(n - from_head - from_tail);
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// The header lines the server adds to a shortcut's head (`Date`, `Connection: close`) and
+/// the blank line that ends it, kept inline: no allocation per answer.
+struct Tail {
+    buf: [u8; Tail::CAPACITY],
+    start: usize,
+    end: usize,
+}
+
+impl Tail {
+    /// `date: ` (6), an HTTP date (29), CRLF, `connection: close` and CRLF (19), CRLF.
+    const CAPACITY: usize = 6 + 29 + 2 + 19 + 2;
+
+    /// Appends `bytes`; what the server adds always fits (an HTTP date has a fixed width).
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
+    /// What is still to be written.
+    fn rest(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+}
+
+impl Default for Tail {
+    fn default() -> Self {
+        Tail {
+            buf: [0; Tail::CAPACITY],
+            start: 0,
+            end: 0,
+        }
     }
 }
 
@@ -292,7 +330,7 @@ mod tests {
     }
 
     fn taken(req: &[u8]) -> Option<(usize, bool, Bytes)> {
-        prepare(req, &Fixed, false).map(|(used, a, last)| (used, last, a.body))
+        prepare(req, &Fixed, false).map(|(used, p, last)| (used, last, p.body))
     }
 
     #[test]
@@ -307,15 +345,71 @@ mod tests {
             taken(req),
             Some((req.len() - 3, true, Bytes::from_static(b"ok")))
         );
-        let (_, answer, _) =
+        let (_, pending, _) =
             prepare(b"HEAD /hit HTTP/1.1\r\nHost: x\r\n\r\n", &Fixed, true).expect("HEAD is taken");
-        assert!(answer.body.is_empty(), "HEAD has no body");
-        let head = std::str::from_utf8(&answer.head).unwrap();
+        assert!(pending.body.is_empty(), "HEAD has no body");
+        let head = [&pending.head[..], pending.tail.rest()].concat();
+        let head = std::str::from_utf8(&head).unwrap();
         assert!(head.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ndate: "));
         assert!(
             head.ends_with(" GMT\r\nconnection: close\r\n\r\n"),
             "{head}"
         );
+    }
+
+    /// Takes at most `step` bytes a write, from the first non-empty slice only (as a
+    /// socket may, and as `AsyncWrite`'s default vectored write does).
+    struct Trickle {
+        got: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.got.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn an_answer_written_in_pieces_arrives_whole_and_in_order() {
+        let req = b"GET /hit HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let (_, whole, _) = prepare(req, &Fixed, false).expect("taken");
+        let expected = [&whole.head[..], whole.tail.rest(), &whole.body[..]].concat();
+        assert!(expected.ends_with(b" GMT\r\nconnection: close\r\n\r\nok"));
+        // Every step size, so that writes end inside each part and on each boundary.
+        for step in 1..=expected.len() {
+            let (_, mut pending, _) = prepare(req, &Fixed, false).expect("taken");
+            let mut out = Trickle {
+                got: Vec::new(),
+                step,
+            };
+            let waker = std::task::Waker::noop();
+            let mut cx = Context::from_waker(waker);
+            let done = pending.poll_write(Pin::new(&mut out), &mut cx);
+            assert!(matches!(done, Poll::Ready(Ok(()))), "step {step}");
+            // The date may have turned a second meanwhile: compare all but its digits.
+            assert_eq!(out.got.len(), expected.len(), "step {step}");
+            let same = |a: &[u8], b: &[u8]| {
+                a.iter()
+                    .zip(b)
+                    .all(|(x, y)| x == y || (x.is_ascii_digit() && y.is_ascii_digit()))
+            };
+            assert!(same(&out.got, &expected), "step {step}");
+        }
     }
 
     #[test]
