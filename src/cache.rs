@@ -205,6 +205,16 @@ impl FileCache {
 
     /// Forgets `key` (it is no longer a file that can be cached).
     pub(crate) fn remove(&self, key: &str) {
+        // A file that is never cached is "removed" on each of its requests: the shared lock
+        // tells, without holding up every other lookup behind the exclusive one.
+        if !self
+            .map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(key)
+        {
+            return;
+        }
         let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(old) = map.remove(key) {
             self.used.fetch_sub(old.size + key.len(), Ordering::Relaxed);

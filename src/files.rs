@@ -634,7 +634,9 @@ impl Files {
         meta: &std::fs::Metadata,
         content_type: HeaderValue,
     ) -> Result<Option<Entry>, Box<Response<Body>>> {
-        let mut variants = vec![self.read_variant(path, meta, None)?];
+        // The siblings' metadata first: a file that will not be cached (a sibling too large)
+        // is then not read for nothing, on every request for it.
+        let mut siblings = Vec::new();
         for (encoding, ext) in [("br", "br"), ("gzip", "gz")] {
             let mut sibling = path.as_os_str().to_owned();
             sibling.push(".");
@@ -644,16 +646,20 @@ impl Files {
                     if m.len() > crate::cache::MAX_FILE {
                         return Ok(None);
                     }
-                    match self.read_variant(&sibling, &m, Some(encoding)) {
-                        Ok(variant) => variants.push(variant),
-                        Err(_) => {
-                            tracing::debug!(sibling = %sibling.display(), "a precompressed sibling cannot be read; not cached");
-                            return Ok(None);
-                        }
-                    }
+                    siblings.push((sibling, m, encoding));
                 }
                 Ok(_) => {}
                 Err(_) => return Ok(None),
+            }
+        }
+        let mut variants = vec![self.read_variant(path, meta, None)?];
+        for (sibling, m, encoding) in siblings {
+            match self.read_variant(&sibling, &m, Some(encoding)) {
+                Ok(variant) => variants.push(variant),
+                Err(_) => {
+                    tracing::debug!(sibling = %sibling.display(), "a precompressed sibling cannot be read; not cached");
+                    return Ok(None);
+                }
             }
         }
         Ok(Some(Entry::new(content_type, variants)))
