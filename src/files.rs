@@ -1831,8 +1831,7 @@ impl lameduck::http::Shortcut for FileShortcut {
         }
         let entry = cache.get_if(request.path(), |_| true)?;
         // A hot file's entry is refreshed in the background before it expires: a stale entry
-        // would be declined, and a declined request hands the rest of its connection to
-        // hyper and the service for good.
+        // would be declined, and a declined request waits on the disk in the service.
         if entry.claim_refresh() {
             self.files.refresh_ahead(request.path());
         }

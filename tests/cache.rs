@@ -151,16 +151,16 @@ fn a_hot_file_asked_for_on_one_connection_is_refreshed_before_it_goes_stale() {
     let site = TempDir::new("cache-refresh");
     site.write("hot.txt", b"hot\n");
     let server = Lameduck::serve(&[site.arg()], true);
-    // The first connection's first request fills the cache (so the service, through hyper,
-    // answers the rest of that connection); the second connection's go to the shortcut.
+    // The first connection's first request fills the cache (the service answers it); after
+    // it, both connections' requests go to the shortcut.
     let mut by_service = util::connect(server.addr);
     assert_eq!(get_on(&mut by_service, "/hot.txt").body, b"hot\n");
     let mut by_shortcut = util::connect(server.addr);
     let misses = server.metric("lameduck_cache_misses_total");
     let pool = server.metric("lameduck_file_lookups_total{at=\"pool\"}");
-    // Seven times the validity: an entry left to go stale would be missed (and the rest of
-    // the shortcut's connection handed to the service) about once per 200 ms; refreshed in
-    // the background from half its validity on, it never is.
+    // Seven times the validity: an entry left to go stale would be missed (and its request
+    // would wait on the disk) about once per 200 ms; refreshed in the background from half
+    // its validity on, it never is.
     let end = Instant::now() + Duration::from_millis(1_500);
     let mut asked = 0;
     while Instant::now() < end {
@@ -188,6 +188,54 @@ fn a_hot_file_asked_for_on_one_connection_is_refreshed_before_it_goes_stale() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Requests the shortcut declines (a file not cached yet, one too large to cache, a range, a
+/// missing file) are the service's, and on the same connection the next plain request of a
+/// cached file is the shortcut's again.
+#[test]
+fn a_connection_comes_back_to_the_shortcut_after_a_request_it_declines() {
+    let site = TempDir::new("cache-back");
+    site.write("small.txt", b"a small file\n");
+    let big: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+    site.write("big.bin", &big);
+    let server = Lameduck::serve(&[site.arg()], true);
+    let shortcut = || server.metric("lameduck_cache_shortcut_total");
+    let mut conn = util::connect(server.addr);
+    // Not cached yet: the service's, and it caches the file.
+    let before = shortcut();
+    assert_eq!(get_on(&mut conn, "/small.txt").body, b"a small file\n");
+    assert_eq!(shortcut(), before, "a file not cached yet is the service's");
+    let back_to_the_shortcut = |conn: &mut std::net::TcpStream, after: &str| {
+        // An entry a slow machine let go stale is declined too: ask again, on this connection.
+        for _ in 0..20 {
+            let before = shortcut();
+            let resp = get_on(conn, "/small.txt");
+            assert_eq!((resp.status, &resp.body[..]), (200, &b"a small file\n"[..]));
+            if shortcut() == before + 1 {
+                return;
+            }
+        }
+        panic!("after {after}, the shortcut never answered on the same connection");
+    };
+    back_to_the_shortcut(&mut conn, "a file not cached yet");
+    let before = shortcut();
+    let resp = get_on(&mut conn, "/big.bin");
+    assert_eq!(resp.status, 200);
+    assert!(resp.body == big, "big.bin: {} bytes", resp.body.len());
+    assert_eq!(
+        shortcut(),
+        before,
+        "a file too large to cache is the service's"
+    );
+    back_to_the_shortcut(&mut conn, "a file too large to cache");
+    let before = shortcut();
+    let part = get_on_with(&mut conn, "/small.txt", &[("Range", "bytes=2-6")]);
+    assert_eq!((part.status, &part.body[..]), (206, &b"small"[..]));
+    assert_eq!(shortcut(), before, "a range is the service's");
+    back_to_the_shortcut(&mut conn, "a range");
+    assert_eq!(get_on(&mut conn, "/missing.txt").status, 404);
+    back_to_the_shortcut(&mut conn, "a missing file");
 }
 
 #[test]

@@ -230,7 +230,10 @@ impl<S> Serve<S> {
     /// read) with `shortcut` when it has an answer, before hyper and the service are
     /// involved: for answers prepared ahead (a cached file's bytes and headers), most of what
     /// a request costs. Every other request, and each one it declines, is the service's; see
-    /// [`Shortcut`] for which requests it is offered. Default: none.
+    /// [`Shortcut`] for which requests it is offered. After a request it declines, the
+    /// connection comes back to it (after eight in a row, the rest of the connection is
+    /// hyper's); after one it is not offered (a body, HTTP/1.0, a header it cannot vouch
+    /// for), the rest of the connection is hyper's. Default: none.
     pub fn shortcut(mut self, shortcut: impl Shortcut) -> Self {
         self.shortcut = Some(Arc::new(shortcut));
         self
@@ -459,7 +462,7 @@ where
         shared.close_idle_at_limit.then(|| shared.admission.clone()),
         shared.nodelay,
     );
-    let service = LifecycleService {
+    let mut service = LifecycleService {
         inner: service,
         conn: conn.clone(),
         state: Arc::clone(&state),
@@ -499,6 +502,8 @@ where
         let mut io = ConnIo::new(io);
         // Requests answered by the shortcut so far: after one, the connection is HTTP/1.
         let mut answered = false;
+        // Requests in a row that the shortcut declined and hyper answered alone.
+        let mut declined = 0;
         let proto = match io.negotiated() {
             Some(proto) if proto == Proto::Http2 || shared.shortcut.is_none() => proto,
             negotiated => loop {
@@ -511,7 +516,25 @@ where
                         (Ok(Proto::Http1), Some(shortcut)) => {
                             let draining = drain_seen || conn.shutdown().is_draining();
                             match shortcut::run(&mut io, shortcut, &state, draining).await {
-                                Ok(shortcut::Outcome::Answered) => answered = true,
+                                Ok(shortcut::Outcome::Answered) => {
+                                    answered = true;
+                                    declined = 0;
+                                }
+                                // A connection whose requests the shortcut keeps declining (a
+                                // client fetching ranges, say) is hyper's: one hyper connection
+                                // for the rest costs less than one per request.
+                                Ok(shortcut::Outcome::Alone { .. }) if declined == ALONE_IN_A_ROW => break Proto::Http1,
+                                Ok(shortcut::Outcome::Alone { used }) => {
+                                    declined += 1;
+                                    // Boxed: inline, hyper's connection state would size
+                                    // every connection's future, the shortcut's included.
+                                    match Box::pin(answer_alone(&shared.http1, io, used, service, &state)).await? {
+                                        Some((back, served)) => (io, service) = (back, served),
+                                        // The last response, or the client gone.
+                                        None => return Ok(()),
+                                    }
+                                    answered = true;
+                                }
                                 Ok(shortcut::Outcome::Declined) => break Proto::Http1,
                                 // The last response, or the client gone.
                                 Ok(shortcut::Outcome::Closed) | Err(_) => return Ok(()),
@@ -576,6 +599,147 @@ where
         }
     })
     .await
+}
+
+/// Answers the request at the start of `io`'s buffer (`used` bytes, a plain HTTP/1.1 `GET`
+/// or `HEAD` that the shortcut had no answer for) with hyper and the service, alone: hyper
+/// is given that request's bytes and nothing more, and is asked to stop once its response
+/// head is made (so the head is the one hyper makes for a kept-alive connection), which it
+/// does when the response is written and flushed. The connection and the service are
+/// handed back for the next request; `None` if that was the connection's last response
+/// (the connection is then shut down, as hyper would have), or a `101`.
+///
+/// A connection stays with the shortcut this way through a request it does not answer (a
+/// file not cached yet, too large to cache, a range): handing hyper the rest of the
+/// connection would make every later request on it pay hyper's way.
+async fn answer_alone<S, B>(
+    http1: &hyper::server::conn::http1::Builder,
+    mut io: ConnIo,
+    used: usize,
+    service: LifecycleService<S>,
+    state: &Arc<ConnState>,
+) -> Result<Option<(ConnIo, LifecycleService<S>)>, BoxError>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let request = io.head.split_to(used);
+    if io.head.is_empty() {
+        io.head = BytesMut::new();
+    }
+    state.alone_writing.store(false, Ordering::Relaxed);
+    let alone = Alone {
+        io,
+        request,
+        state: Arc::clone(state),
+    };
+    let mut connection = http1.serve_connection(TokioIo::new(alone), service);
+    let mut stop_asked = false;
+    std::future::poll_fn(|cx| {
+        loop {
+            let poll = connection.poll_without_shutdown(cx);
+            if poll.is_ready() {
+                return poll;
+            }
+            // Waiting (on the body, the client, the send buffer): nothing written may stay
+            // corked meanwhile.
+            #[cfg(target_os = "linux")]
+            state.cork.release();
+            if stop_asked || !state.alone_writing.load(Ordering::Relaxed) {
+                return Poll::Pending;
+            }
+            // The head is made: from here, keep-alive off only means stopping after this
+            // response. If hyper is idle already (all written), it stops at the next poll.
+            stop_asked = true;
+            Pin::new(&mut connection).graceful_shutdown();
+        }
+    })
+    .await?;
+    let parts = connection.into_parts();
+    let Alone {
+        io: mut back,
+        request,
+        ..
+    } = parts.io.into_inner();
+    // hyper was given the request alone and takes all of it: nothing is left over, but
+    // whatever were would be the next request's.
+    let mut left = BytesMut::from(&parts.read_buf[..]);
+    left.extend_from_slice(&request);
+    if !left.is_empty() {
+        left.extend_from_slice(&back.head);
+        back.head = left;
+    }
+    if state.upgraded.load(Ordering::Relaxed) || state.last_response.load(Ordering::Relaxed) {
+        std::future::poll_fn(|cx| Pin::new(&mut back).poll_shutdown(cx)).await?;
+        return Ok(None);
+    }
+    Ok(Some((back, parts.service)))
+}
+
+/// The connection as hyper sees it for one request alone: it reads that request's bytes and
+/// then nothing (no read of the socket: the next request is the shortcut's), and writes to
+/// the connection, noting that it began to.
+struct Alone {
+    io: ConnIo,
+    request: BytesMut,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for Alone {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.request.is_empty() {
+            // hyper is woken by its service, its body or its writes, never by this read.
+            return Poll::Pending;
+        }
+        let n = this.request.len().min(buf.remaining());
+        buf.put_slice(&this.request.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Alone {
+    fn writing(&mut self) -> Pin<&mut ConnIo> {
+        self.state.alone_writing.store(true, Ordering::Relaxed);
+        Pin::new(&mut self.io)
+    }
+}
+
+impl AsyncWrite for Alone {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().writing().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().writing().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// Spawns hyper's background tasks (HTTP/2 streams, upgrades) on tokio, each holding a share
@@ -713,6 +877,11 @@ enum Proto {
 
 /// The client connection preface of HTTP/2 (RFC 9113, 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Most requests in a row that the shortcut declines and hyper answers alone, each with a
+/// hyper connection of its own ([`answer_alone`]); the next one declined in a row gets hyper
+/// for the rest of the connection.
+const ALONE_IN_A_ROW: u32 = 8;
 
 /// How many bytes the first read takes while the protocol is sniffed: enough for a whole
 /// ordinary request head, so that hyper parses it without a read of its own.
@@ -978,6 +1147,11 @@ struct ConnState {
     upgraded: AtomicBool,
     /// The client has sent at least one byte.
     heard: AtomicBool,
+    /// The response being written is the connection's last: hyper closes after it.
+    last_response: AtomicBool,
+    /// A request given to hyper alone ([`answer_alone`]): hyper has begun writing its
+    /// response, so its head is made.
+    alone_writing: AtomicBool,
     timeouts: Timeouts,
     /// File ranges to send in place of stand-in chunks ([`SendFile`]).
     #[cfg(target_os = "linux")]
@@ -1003,6 +1177,8 @@ impl ConnState {
             is_h2: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
             heard: AtomicBool::new(false),
+            last_response: AtomicBool::new(false),
+            alone_writing: AtomicBool::new(false),
             timeouts,
             #[cfg(target_os = "linux")]
             sendfile: sendfile::Queue::default(),
@@ -1142,6 +1318,10 @@ struct LifecycleService<S> {
     sendfile: bool,
 }
 
+// Nothing of the service is ever pinned (each call clones `inner`), so it may move whatever
+// `S` is: hyper's connection then is `Unpin`, as [`answer_alone`] needs it.
+impl<S> Unpin for LifecycleService<S> {}
+
 impl<S, B> hyper::service::Service<Request<Incoming>> for LifecycleService<S>
 where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -1193,6 +1373,7 @@ where
             h.insert(CONTENT_LENGTH, HeaderValue::from(why.len()));
             if version <= Version::HTTP_11 {
                 h.insert(CONNECTION, HeaderValue::from_static("close"));
+                self.state.last_response.store(true, Ordering::Relaxed);
                 #[cfg(target_os = "linux")]
                 if !hands_over {
                     self.state.cork.want();
@@ -1233,13 +1414,12 @@ where
                 } else {
                     last || (!hands_over && connection_has(response.headers(), "close"))
                 };
-                // The bytes are written after this returns: cork before the first of them.
-                #[cfg(target_os = "linux")]
                 if last {
+                    state.last_response.store(true, Ordering::Relaxed);
+                    // The bytes are written after this returns: cork before the first of them.
+                    #[cfg(target_os = "linux")]
                     state.cork.want();
                 }
-                #[cfg(not(target_os = "linux"))]
-                let _ = last;
             }
             // On HTTP/2 this runs on the stream's task: the body reports its progress there.
             let stream = STREAM.try_with(Arc::clone).ok();

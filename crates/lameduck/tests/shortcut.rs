@@ -4,7 +4,7 @@
 //! close`, the drain (its `Connection: close` and the idle grace), the idle, header and write
 //! timeouts.
 
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -113,6 +113,10 @@ fn start(
             get(counted(&service, Bytes::from_static(FAST_BODY))),
         )
         .route("/big", get(counted(&service, big.clone())))
+        .route("/big-service", get(counted(&service, big.clone())))
+        .route("/slow", get(slow(Arc::clone(&service))))
+        .route("/stream", get(stream(Arc::clone(&service))))
+        .route("/bye", get(bye(Arc::clone(&service))))
         .route(
             "/other",
             get(counted(&service, Bytes::from_static(b"other\n"))),
@@ -134,6 +138,47 @@ fn start(
         service,
         tracker,
         task,
+    }
+}
+
+/// `/slow`: the service's answer after 500 ms.
+fn slow(
+    service: Arc<AtomicUsize>,
+) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = &'static str> + Send>> + Clone {
+    move || {
+        service.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            "slow\n"
+        })
+    }
+}
+
+/// `/stream`: a body of unknown length (chunked), in three parts 50 ms apart.
+fn stream(service: Arc<AtomicUsize>) -> impl Fn() -> std::future::Ready<axum::body::Body> + Clone {
+    move || {
+        service.fetch_add(1, Ordering::Relaxed);
+        let parts = futures_util::stream::unfold(0, |i| async move {
+            if i == 3 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Some((
+                Ok::<_, std::io::Error>(Bytes::from(format!("part {i}\n"))),
+                i + 1,
+            ))
+        });
+        std::future::ready(axum::body::Body::from_stream(parts))
+    }
+}
+
+/// `/bye`: the service's answer says `Connection: close` of its own accord.
+fn bye(
+    service: Arc<AtomicUsize>,
+) -> impl Fn() -> std::future::Ready<([(&'static str, &'static str); 1], &'static str)> + Clone {
+    move || {
+        service.fetch_add(1, Ordering::Relaxed);
+        std::future::ready(([("connection", "close")], "bye\n"))
     }
 }
 
@@ -193,6 +238,18 @@ impl Conn {
                         })
                         .collect();
                     let status = resp.code.expect("a status");
+                    let chunked = headers
+                        .iter()
+                        .any(|(k, v)| k == "transfer-encoding" && v == "chunked");
+                    if chunked && !head {
+                        self.buf.drain(..n);
+                        let body = self.chunked().await;
+                        return Resp {
+                            status,
+                            headers,
+                            body,
+                        };
+                    }
                     let len: usize = if head {
                         0
                     } else {
@@ -217,6 +274,30 @@ impl Conn {
         })
         .await
         .expect("no response in time")
+    }
+
+    /// A chunked body at the start of the buffer, decoded (no trailers).
+    async fn chunked(&mut self) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let line = loop {
+                if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    break at;
+                }
+                self.fill().await;
+            };
+            let size = std::str::from_utf8(&self.buf[..line]).expect("a chunk size");
+            let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
+            while self.buf.len() < line + 2 + size + 2 {
+                self.fill().await;
+            }
+            body.extend_from_slice(&self.buf[line + 2..line + 2 + size]);
+            assert_eq!(&self.buf[line + 2 + size..line + 4 + size], b"\r\n");
+            self.buf.drain(..line + 4 + size);
+            if size == 0 {
+                return body;
+            }
+        }
     }
 
     async fn fill(&mut self) {
@@ -262,13 +343,27 @@ async fn plain_gets_are_the_shortcuts_and_everything_else_the_services() {
     let resp = conn.response(true).await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("content-length"), Some("5"));
-    // A path the shortcut declines: the service answers, and from then on the connection is
-    // hyper's.
+    // A path the shortcut declines: the service answers it, and the next request is the
+    // shortcut's again.
     conn.get("/other").await;
-    assert_eq!(conn.response(false).await.body, b"other\n");
+    let other = conn.response(false).await;
+    assert_eq!(other.body, b"other\n");
+    assert_eq!(
+        other.header("connection"),
+        None,
+        "kept alive, as hyper keeps it"
+    );
+    conn.get("/fast").await;
+    assert_eq!(conn.response(false).await.body, FAST_BODY);
+    assert_eq!(server.counts(), (5, 1));
+    // A request the shortcut is never offered (HTTP/1.0): hyper takes it and the rest of the
+    // connection.
+    conn.send("GET /fast HTTP/1.0\r\nHost: test\r\nConnection: keep-alive\r\n\r\n")
+        .await;
+    assert_eq!(conn.response(false).await.body, FAST_BODY);
     conn.get("/fast").await;
     let from_service = conn.response(false).await;
-    assert_eq!(server.counts(), (4, 2));
+    assert_eq!(server.counts(), (5, 3));
     // The same answer either way.
     assert_eq!(
         (from_service.status, &from_service.body[..]),
@@ -293,7 +388,7 @@ async fn plain_gets_are_the_shortcuts_and_everything_else_the_services() {
         conn.send(raw).await;
         let resp = conn.response(false).await;
         assert_eq!((resp.status, &resp.body[..]), (200, FAST_BODY), "{raw:?}");
-        assert_eq!(server.counts(), (4, 3 + i), "{raw:?}");
+        assert_eq!(server.counts(), (5, 4 + i), "{raw:?}");
     }
     // Refused by the server itself, not by the shortcut: no Host, two Hosts.
     for raw in [
@@ -305,7 +400,7 @@ async fn plain_gets_are_the_shortcuts_and_everything_else_the_services() {
         assert_eq!(conn.response(false).await.status, 400, "{raw:?}");
     }
     // Neither reached the service.
-    assert_eq!(server.counts(), (4, 7));
+    assert_eq!(server.counts(), (5, 8));
     drop(conn);
     server.shutdown.trigger();
     let report = server.report().await;
@@ -316,27 +411,44 @@ async fn plain_gets_are_the_shortcuts_and_everything_else_the_services() {
 async fn pipelined_and_split_requests_are_answered_in_order() {
     let server = start(|s| s);
     let mut conn = server.connect().await;
-    // Three in one write: two the shortcut's, then one it declines, then one more that
-    // hyper, having the connection now, answers.
+    // In one write: two the shortcut's, one it declines (the service's, alone), one more of
+    // the shortcut's, one declined with a 16 MiB answer, one of the shortcut's, then one
+    // it is never offered (after which hyper answers the rest).
     conn.send(concat!(
         "GET /fast HTTP/1.1\r\nHost: test\r\n\r\n",
         "GET /fast HTTP/1.1\r\nHost: test\r\n\r\n",
         "GET /other HTTP/1.1\r\nHost: test\r\n\r\n",
         "GET /fast HTTP/1.1\r\nHost: test\r\n\r\n",
+        "GET /big-service HTTP/1.1\r\nHost: test\r\n\r\n",
+        "GET /fast HTTP/1.1\r\nHost: test\r\n\r\n",
+        "GET /fast HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n",
+        "GET /fast HTTP/1.1\r\nHost: test\r\n\r\n",
     ))
     .await;
-    let bodies = [FAST_BODY, FAST_BODY, &b"other\n"[..], FAST_BODY];
-    for body in bodies {
-        assert_eq!(conn.response(false).await.body, body);
+    let big = vec![b'b'; BIG];
+    let bodies = [
+        FAST_BODY,
+        FAST_BODY,
+        &b"other\n"[..],
+        FAST_BODY,
+        &big[..],
+        FAST_BODY,
+        FAST_BODY,
+        FAST_BODY,
+    ];
+    for (i, body) in bodies.into_iter().enumerate() {
+        let resp = conn.response(false).await;
+        assert_eq!(resp.status, 200, "response {i}");
+        assert!(resp.body == body, "response {i}: {} bytes", resp.body.len());
     }
-    assert_eq!(server.counts(), (2, 2));
+    assert_eq!(server.counts(), (4, 4));
     // A request head in two writes: not complete in the first read, so the service's.
     let mut split = server.connect().await;
     split.send("GET /fast HTTP/1.1\r\nHo").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     split.send("st: test\r\n\r\n").await;
     assert_eq!(split.response(false).await.body, FAST_BODY);
-    assert_eq!(server.counts(), (2, 3));
+    assert_eq!(server.counts(), (4, 5));
     drop((conn, split));
     server.shutdown.trigger();
     server.report().await;
@@ -514,4 +626,117 @@ async fn at_the_limit_a_connection_idle_after_a_shortcut_answer_makes_room() {
     server.shutdown.trigger();
     let report = server.report().await;
     assert_eq!((report.accepted, report.forced), (2, 0));
+}
+
+/// A request the shortcut declines is answered by the service alone, and the connection comes
+/// back to the shortcut after it, whatever the service's body: a streamed (chunked) one, one
+/// that waits, one of 16 MiB. The service's `Connection: close` still ends the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_request_the_shortcut_declines_the_connection_comes_back_to_it() {
+    let server = start(|s| s);
+    let mut conn = server.connect().await;
+    let mut expected = (0, 0);
+    for (path, body) in [
+        ("/stream", &b"part 0\npart 1\npart 2\n"[..]),
+        ("/slow", b"slow\n"),
+        ("/big-service", &vec![b'b'; BIG][..]),
+    ] {
+        conn.get(path).await;
+        let resp = conn.response(false).await;
+        assert_eq!(resp.status, 200, "{path}");
+        assert!(resp.body == body, "{path}: {} bytes", resp.body.len());
+        assert_eq!(resp.header("connection"), None, "{path}");
+        expected.1 += 1;
+        // HEAD of the same, then the shortcut's.
+        conn.send(&format!("HEAD {path} HTTP/1.1\r\nHost: test\r\n\r\n"))
+            .await;
+        assert_eq!(conn.response(true).await.status, 200, "HEAD {path}");
+        expected.1 += 1;
+        for _ in 0..2 {
+            conn.get("/fast").await;
+            assert_eq!(conn.response(false).await.body, FAST_BODY, "after {path}");
+            expected.0 += 1;
+        }
+        assert_eq!(server.counts(), expected, "after {path}");
+    }
+    // The service says close: the connection ends after its answer.
+    conn.get("/bye").await;
+    let resp = conn.response(false).await;
+    assert_eq!((resp.status, &resp.body[..]), (200, &b"bye\n"[..]));
+    assert_eq!(resp.header("connection"), Some("close"));
+    conn.expect_eof(WAIT).await;
+    // The client says close on a request the shortcut declines: the same.
+    let mut closing = server.connect().await;
+    closing
+        .send("GET /other HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await;
+    let resp = closing.response(false).await;
+    assert_eq!(resp.body, b"other\n");
+    assert_eq!(resp.header("connection"), Some("close"));
+    closing.expect_eof(WAIT).await;
+    server.shutdown.trigger();
+    let report = server.report().await;
+    assert_eq!((report.accepted, report.forced), (2, 0));
+}
+
+/// A drain that begins while the service answers a declined request alone: that answer says
+/// `Connection: close`, and the connection ends after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_during_a_declined_request_closes_the_connection_after_its_answer() {
+    let server = start(|s| s.keep_alive_grace(Duration::from_secs(5)));
+    let mut conn = server.connect().await;
+    conn.get("/fast").await;
+    assert_eq!(conn.response(false).await.body, FAST_BODY);
+    conn.get("/slow").await;
+    // The service has it (and sleeps 500 ms) before the drain begins.
+    timeout(WAIT, async {
+        while server.counts().1 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the service never got the request");
+    let began = Instant::now();
+    server.shutdown.trigger();
+    let resp = conn.response(false).await;
+    assert_eq!(resp.body, b"slow\n");
+    assert_eq!(resp.header("connection"), Some("close"));
+    conn.expect_eof(WAIT).await;
+    assert!(
+        began.elapsed() < Duration::from_secs(4),
+        "closed after {:?}: it waited for the keep-alive grace",
+        began.elapsed()
+    );
+    let report = server.report().await;
+    assert_eq!((report.accepted, report.forced), (1, 0));
+}
+
+/// Eight requests in a row that the shortcut declines are each answered alone, and the
+/// connection comes back to the shortcut after them; a ninth in a row hands hyper the rest of
+/// the connection (one hyper connection then, not one per request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_requests_the_shortcut_keeps_declining_becomes_hypers() {
+    let server = start(|s| s);
+    let mut conn = server.connect().await;
+    for _ in 0..8 {
+        conn.get("/other").await;
+        assert_eq!(conn.response(false).await.body, b"other\n");
+    }
+    conn.get("/fast").await;
+    assert_eq!(conn.response(false).await.body, FAST_BODY);
+    assert_eq!(
+        server.counts(),
+        (1, 8),
+        "back to the shortcut after eight in a row"
+    );
+    for _ in 0..9 {
+        conn.get("/other").await;
+        assert_eq!(conn.response(false).await.body, b"other\n");
+    }
+    conn.get("/fast").await;
+    assert_eq!(conn.response(false).await.body, FAST_BODY);
+    assert_eq!(server.counts(), (1, 18), "hyper's after nine in a row");
+    drop(conn);
+    server.shutdown.trigger();
+    assert_eq!(server.report().await.forced, 0);
 }

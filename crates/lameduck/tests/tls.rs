@@ -430,29 +430,36 @@ async fn the_shortcut_answers_over_tls_on_http1_and_never_on_http2() {
     let short = Short(Arc::clone(&answered));
     let server = start(&pki, move |s| s.shortcut(short));
     let count = || answered.load(std::sync::atomic::Ordering::Relaxed);
-    // HTTP/1.1 by ALPN, one connection: the shortcut twice, the service, then the service
-    // again (the connection is hyper's after a request the shortcut declined).
+    // HTTP/1.1 by ALPN, one connection: the shortcut twice, the service (a request the
+    // shortcut declines, answered alone), the shortcut again, then a request the shortcut is
+    // never offered (a body), after which the connection is hyper's.
     let stream = tls_connect(&pki, server.addr, &[b"http/1.1"]).await;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .unwrap();
     tokio::spawn(conn);
-    for (path, body, shortcut_answers) in [
-        ("/short", "short\n", 1),
-        ("/short", "short\n", 2),
-        ("/", "hello over tls\n", 2),
-        ("/short", "", 2),
+    for (path, with_body, body, shortcut_answers) in [
+        ("/short", false, "short\n", 1),
+        ("/short", false, "short\n", 2),
+        ("/", false, "hello over tls\n", 2),
+        ("/short", false, "short\n", 3),
+        ("/", true, "hello over tls\n", 3),
+        ("/short", false, "", 3),
     ] {
         // The client's connection takes the next request once it has seen the last one end.
         timeout(WAIT, sender.ready())
             .await
             .unwrap()
             .unwrap_or_else(|e| panic!("{path}: the connection closed: {e}"));
-        let req = http::Request::get(path)
+        let mut req = http::Request::get(path)
             .header("host", "localhost")
             .body(Empty::<Bytes>::new())
             .unwrap();
+        if with_body {
+            req.headers_mut()
+                .insert("content-length", http::HeaderValue::from_static("0"));
+        }
         let resp = timeout(WAIT, sender.send_request(req))
             .await
             .unwrap()
@@ -485,7 +492,7 @@ async fn the_shortcut_answers_over_tls_on_http1_and_never_on_http2() {
         .unwrap()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 404);
-    assert_eq!(count(), 2);
+    assert_eq!(count(), 3);
     drop(sender);
     server.shutdown.trigger();
     let report = timeout(WAIT, server.task).await.unwrap().unwrap().unwrap();

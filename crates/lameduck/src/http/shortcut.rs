@@ -9,8 +9,10 @@
 //! or `HEAD`, HTTP/1.1, one `Host`, an origin-form target that `http`'s URI parser accepts,
 //! no body (`Content-Length`, `Transfer-Encoding`), no `Expect`, no `Upgrade`, and a
 //! `Connection` header naming nothing but `close` and `keep-alive`. Anything else, and any
-//! request the shortcut declines, goes to hyper and the service, which from then on serve
-//! the rest of the connection. The connection's lifecycle is the same either way: its
+//! request the shortcut declines, goes to hyper and the service. A request the shortcut could
+//! have taken but has no answer for (a file not cached yet, say) is given to hyper alone, and
+//! the connection comes back to the shortcut once its response is written (up to eight such
+//! requests in a row); anything else hands hyper the rest of the connection. The connection's lifecycle is the same either way: its
 //! timeouts (the reads and writes go through the same timed socket), `Connection: close`
 //! while draining, the cork that sends the last response's tail with the FIN, its slot.
 
@@ -102,8 +104,27 @@ pub(super) enum Outcome {
     Answered,
     /// Answered, with the connection's last response: it is shut down.
     Closed,
-    /// Not a shortcut request, or declined: hyper takes it and the rest of the connection.
+    /// A request the shortcut may take, of `used` bytes, not the connection's last, that it
+    /// has no answer for: hyper answers it alone, and the connection comes back after it.
+    Alone { used: usize },
+    /// Not a shortcut request, or the connection's last: hyper takes it and the rest of the
+    /// connection.
     Declined,
+}
+
+/// What [`prepare`] made of the bytes read.
+enum Prepared {
+    /// Not a request a shortcut may take.
+    NotShort,
+    /// A request a shortcut may take, of `used` bytes, that it has no answer for; `last`:
+    /// the connection's last.
+    NoAnswer { used: usize, last: bool },
+    /// The answer to a request of `used` bytes.
+    Answer {
+        used: usize,
+        pending: Pending,
+        last: bool,
+    },
 }
 
 /// Tries the shortcut on the request at the start of `io`'s buffer. `draining`: the answer
@@ -114,8 +135,16 @@ pub(super) async fn run(
     state: &Arc<ConnState>,
     draining: bool,
 ) -> io::Result<Outcome> {
-    let Some((used, mut pending, last)) = prepare(&io.head, shortcut, draining) else {
-        return Ok(Outcome::Declined);
+    let (used, mut pending, last) = match prepare(&io.head, shortcut, draining) {
+        Prepared::Answer {
+            used,
+            pending,
+            last,
+        } => (used, pending, last),
+        Prepared::NoAnswer { used, last: false } => return Ok(Outcome::Alone { used }),
+        Prepared::NoAnswer { last: true, .. } | Prepared::NotShort => {
+            return Ok(Outcome::Declined);
+        }
     };
     let in_flight = state.request_started(Version::HTTP_11);
     io.head.advance(used);
@@ -146,8 +175,28 @@ pub(super) async fn run(
 }
 
 /// The request at the start of `buf`, if it is one a shortcut may take, and the shortcut's
-/// answer: `(bytes the request took, answer with Date and Connection added, last)`.
-fn prepare(buf: &[u8], shortcut: &dyn Shortcut, draining: bool) -> Option<(usize, Pending, bool)> {
+/// answer, with the server's `Date` and `Connection` lines added.
+fn prepare(buf: &[u8], shortcut: &dyn Shortcut, draining: bool) -> Prepared {
+    short_request(buf, draining, |request| shortcut.answer(request)).map_or(
+        Prepared::NotShort,
+        |(used, answer, head, last)| match answer {
+            None => Prepared::NoAnswer { used, last },
+            Some(answer) => Prepared::Answer {
+                used,
+                pending: Pending::new(answer, head, last),
+                last,
+            },
+        },
+    )
+}
+
+/// Parses the request at the start of `buf` and, if a shortcut may take it, asks `answer`:
+/// `(bytes the request took, the answer, HEAD, the connection's last)`.
+fn short_request(
+    buf: &[u8],
+    draining: bool,
+    answer: impl FnOnce(&ShortRequest<'_>) -> Option<ShortAnswer>,
+) -> Option<(usize, Option<ShortAnswer>, bool, bool)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let used = match req.parse(buf) {
@@ -199,23 +248,7 @@ fn prepare(buf: &[u8], shortcut: &dyn Shortcut, draining: bool) -> Option<(usize
         path_and_query,
         headers: req.headers,
     };
-    let answer = shortcut.answer(&request)?;
-    let last = close || draining;
-    let mut tail = Tail::default();
-    tail.push(b"date: ");
-    date::with(|d| tail.push(d));
-    tail.push(b"\r\n");
-    if last {
-        tail.push(b"connection: close\r\n");
-    }
-    tail.push(b"\r\n");
-    let body = if head { Bytes::new() } else { answer.body };
-    let pending = Pending {
-        head: answer.head,
-        tail,
-        body,
-    };
-    Some((used, pending, last))
+    Some((used, answer(&request), head, close || draining))
 }
 
 /// What is left of an answer to write: the shortcut's head as it prepared it (shared, not
@@ -227,6 +260,25 @@ struct Pending {
 }
 
 impl Pending {
+    /// `answer` with the server's `Date` line, `Connection: close` if `last`, and no body
+    /// for a `HEAD`.
+    fn new(answer: ShortAnswer, head: bool, last: bool) -> Pending {
+        let mut tail = Tail::default();
+        tail.push(b"date: ");
+        date::with(|d| tail.push(d));
+        tail.push(b"\r\n");
+        if last {
+            tail.push(b"connection: close\r\n");
+        }
+        tail.push(b"\r\n");
+        let body = if head { Bytes::new() } else { answer.body };
+        Pending {
+            head: answer.head,
+            tail,
+            body,
+        }
+    }
+
     /// Writes until nothing is left: all three parts in one vectored write where the socket
     /// takes them.
     fn poll_write<W: AsyncWrite + ?Sized>(
@@ -329,8 +381,20 @@ mod tests {
         }
     }
 
+    /// The answer prepared for `req`: `(bytes used, pending, last)`.
+    fn answered(req: &[u8], draining: bool) -> Option<(usize, Pending, bool)> {
+        match prepare(req, &Fixed, draining) {
+            Prepared::Answer {
+                used,
+                pending,
+                last,
+            } => Some((used, pending, last)),
+            _ => None,
+        }
+    }
+
     fn taken(req: &[u8]) -> Option<(usize, bool, Bytes)> {
-        prepare(req, &Fixed, false).map(|(used, p, last)| (used, last, p.body))
+        answered(req, false).map(|(used, p, last)| (used, last, p.body))
     }
 
     #[test]
@@ -346,7 +410,7 @@ mod tests {
             Some((req.len() - 3, true, Bytes::from_static(b"ok")))
         );
         let (_, pending, _) =
-            prepare(b"HEAD /hit HTTP/1.1\r\nHost: x\r\n\r\n", &Fixed, true).expect("HEAD is taken");
+            answered(b"HEAD /hit HTTP/1.1\r\nHost: x\r\n\r\n", true).expect("HEAD is taken");
         assert!(pending.body.is_empty(), "HEAD has no body");
         let head = [&pending.head[..], pending.tail.rest()].concat();
         let head = std::str::from_utf8(&head).unwrap();
@@ -387,12 +451,12 @@ mod tests {
     #[test]
     fn an_answer_written_in_pieces_arrives_whole_and_in_order() {
         let req = b"GET /hit HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        let (_, whole, _) = prepare(req, &Fixed, false).expect("taken");
+        let (_, whole, _) = answered(req, false).expect("taken");
         let expected = [&whole.head[..], whole.tail.rest(), &whole.body[..]].concat();
         assert!(expected.ends_with(b" GMT\r\nconnection: close\r\n\r\nok"));
         // Every step size, so that writes end inside each part and on each boundary.
         for step in 1..=expected.len() {
-            let (_, mut pending, _) = prepare(req, &Fixed, false).expect("taken");
+            let (_, mut pending, _) = answered(req, false).expect("taken");
             let mut out = Trickle {
                 got: Vec::new(),
                 step,
@@ -412,11 +476,31 @@ mod tests {
         }
     }
 
+    /// A request the shortcut could take but has no answer for goes to hyper alone, unless it
+    /// is the connection's last (then hyper takes the rest of the connection, and closes it).
+    #[test]
+    fn a_plain_request_without_an_answer_goes_to_hyper_alone() {
+        let req = b"GET /miss HTTP/1.1\r\nHost: x\r\n\r\nGET /hit";
+        let used = req.len() - b"GET /hit".len();
+        assert!(matches!(
+            prepare(req, &Fixed, false),
+            Prepared::NoAnswer { used: u, last: false } if u == used
+        ));
+        assert!(matches!(
+            prepare(req, &Fixed, true),
+            Prepared::NoAnswer { last: true, .. }
+        ));
+        let req = b"HEAD /miss HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        assert!(matches!(
+            prepare(req, &Fixed, false),
+            Prepared::NoAnswer { used, last: true } if used == req.len()
+        ));
+    }
+
     #[test]
     fn anything_else_goes_to_hyper() {
         for req in [
-            &b"GET /miss HTTP/1.1\r\nHost: x\r\n\r\n"[..],
-            b"GET /hit HTTP/1.1\r\nHost: x\r\n",
+            &b"GET /hit HTTP/1.1\r\nHost: x\r\n"[..],
             b"GET /hit HTTP/1.0\r\nHost: x\r\n\r\n",
             b"POST /hit HTTP/1.1\r\nHost: x\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -431,13 +515,20 @@ mod tests {
             b"GET /h\x7fit HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET  /hit HTTP/1.1\r\nHost: x\r\n\r\n",
         ] {
-            assert_eq!(taken(req), None, "{:?}", String::from_utf8_lossy(req));
+            assert!(
+                matches!(prepare(req, &Fixed, false), Prepared::NotShort),
+                "{:?}",
+                String::from_utf8_lossy(req)
+            );
         }
         let mut many = b"GET /hit HTTP/1.1\r\nHost: x\r\n".to_vec();
         for i in 0..MAX_HEADERS {
             many.extend_from_slice(format!("x-{i}: y\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        assert_eq!(taken(&many), None, "more headers than the shortcut takes");
+        assert!(
+            matches!(prepare(&many, &Fixed, false), Prepared::NotShort),
+            "more headers than the shortcut takes"
+        );
     }
 }
