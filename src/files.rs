@@ -603,6 +603,7 @@ impl Files {
                 let source = Source::SendFile {
                     file: Arc::clone(&file),
                     sf: sf.clone(),
+                    ahead: None,
                 };
                 (source, lameduck::http::SENDFILE_MAX_CHUNK)
             });
@@ -1174,7 +1175,19 @@ enum Source {
     SendFile {
         file: Arc<std::fs::File>,
         sf: lameduck::http::SendFile,
+        /// The next chunk's warm-up, started in the blocking pool when the chunk before it
+        /// went out: the disk reads one chunk ahead while the socket sends.
+        ahead: Option<Ahead>,
     },
+}
+
+/// A warm-up of the page cache running ahead of a `sendfile` body.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+struct Ahead {
+    /// Where the chunk it warms starts.
+    at: u64,
+    task: tokio::task::JoinHandle<io::Result<Option<Bytes>>>,
 }
 
 /// What makes "the same file, unchanged": the inode, its size and its modification time.
@@ -1541,6 +1554,34 @@ fn range_cached(_file: &std::fs::File, _offset: u64, _len: usize) -> Option<bool
     None
 }
 
+/// Whether `len` bytes of `file` at `offset` are in the page cache, so that a `sendfile` of
+/// them on an async worker does not wait for the disk. A file read in part before (a range,
+/// pages evicted) may have some of them cached and not the rest. The first byte's
+/// `RWF_NOWAIT` read says whether the file system can tell without waiting (FUSE and network
+/// file systems cannot: their chunks are always warmed); then `cachestat` counts the whole
+/// range's pages, or, on kernels without it, the last byte stands for the rest.
+#[cfg(target_os = "linux")]
+fn cached_nowait(file: &std::fs::File, offset: u64, len: usize) -> bool {
+    let mut probe = [0u8; 1];
+    let last = offset + len.saturating_sub(1) as u64;
+    matches!(read_nowait(file, &mut probe, offset), Some(Ok(_)))
+        && (last == offset
+            || range_cached(file, offset, len)
+                .unwrap_or_else(|| matches!(read_nowait(file, &mut probe, last), Some(Ok(_)))))
+}
+
+/// [`warm`] in the blocking pool; its result is `Ok(None)`, as a [`FileStream`]'s pending
+/// read that brought no bytes.
+#[cfg(target_os = "linux")]
+fn warm_in_pool(
+    file: &Arc<std::fs::File>,
+    offset: u64,
+    len: usize,
+) -> tokio::task::JoinHandle<io::Result<Option<Bytes>>> {
+    let file = Arc::clone(file);
+    tokio::task::spawn_blocking(move || warm(&file, offset, len).map(|()| None))
+}
+
 /// Brings `len` bytes at `offset` into the page cache (a `sendfile` of them then does not
 /// wait for the disk on the connection's thread). Runs in the blocking pool.
 #[cfg(target_os = "linux")]
@@ -1586,7 +1627,7 @@ impl FileStream {
                     None => return Poll::Ready(Ok(self.stand_in(want))),
                 }
             }
-            let file = match &self.source {
+            let file = match &mut self.source {
                 Source::Open(file) => Arc::clone(file),
                 Source::Reopen {
                     path,
@@ -1604,28 +1645,18 @@ impl FileStream {
                     }
                 },
                 #[cfg(target_os = "linux")]
-                Source::SendFile { file, .. } => {
-                    // `sendfile` on this thread must not wait for the disk, and a file read
-                    // in part before (a range, pages evicted) may have some of the chunk
-                    // cached and not the rest. The first byte's `RWF_NOWAIT` read says
-                    // whether the file system can tell without waiting (FUSE and network
-                    // file systems cannot: their chunks are always warmed); then
-                    // `cachestat` counts the whole chunk's pages, or, on kernels without
-                    // it, the last byte stands for the rest.
-                    let mut probe = [0u8; 1];
-                    let last = self.offset + want.saturating_sub(1) as u64;
-                    if matches!(read_nowait(file, &mut probe, self.offset), Some(Ok(_)))
-                        && (last == self.offset
-                            || range_cached(file, self.offset, want).unwrap_or_else(|| {
-                                matches!(read_nowait(file, &mut probe, last), Some(Ok(_)))
-                            }))
+                Source::SendFile { file, ahead, .. } => {
+                    // This chunk's warm-up, started ahead: wait for it, not for another.
+                    if let Some(ahead) = ahead.take()
+                        && ahead.at == self.offset
                     {
+                        self.pending = Some(ahead.task);
+                        continue;
+                    }
+                    if cached_nowait(file, self.offset, want) {
                         return Poll::Ready(Ok(self.stand_in(want)));
                     }
-                    let (file, offset) = (Arc::clone(file), self.offset);
-                    self.pending = Some(tokio::task::spawn_blocking(move || {
-                        warm(&file, offset, want).map(|()| None)
-                    }));
+                    self.pending = Some(warm_in_pool(file, self.offset, want));
                     continue;
                 }
             };
@@ -1645,12 +1676,25 @@ impl FileStream {
         bytes
     }
 
+    /// The stand-in for the next `want` bytes, whose pages are cached; and, if the chunk
+    /// after it is not, its warm-up started in the blocking pool meanwhile.
     #[cfg(target_os = "linux")]
     fn stand_in(&mut self, want: usize) -> Bytes {
-        let Source::SendFile { file, sf } = &self.source else {
+        let Source::SendFile { file, sf, ahead } = &mut self.source else {
             unreachable!("only sendfile bodies warm up");
         };
         let chunk = sf.chunk(file, self.offset, want);
+        let (at, rest) = (
+            self.offset + chunk.len() as u64,
+            self.remaining - chunk.len() as u64,
+        );
+        let next = rest.min(self.chunk as u64) as usize;
+        if next > 0 && !cached_nowait(file, at, next) {
+            *ahead = Some(Ahead {
+                at,
+                task: warm_in_pool(file, at, next),
+            });
+        }
         self.advance(chunk)
     }
 
