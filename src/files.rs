@@ -1175,19 +1175,21 @@ enum Source {
     SendFile {
         file: Arc<std::fs::File>,
         sf: lameduck::http::SendFile,
-        /// The next chunk's warm-up, started in the blocking pool when the chunk before it
-        /// went out: the disk reads one chunk ahead while the socket sends.
+        /// What was found of the next chunk when the one before it went out: cached, or
+        /// its warm-up running in the blocking pool (the disk reads one chunk ahead while
+        /// the socket sends).
         ahead: Option<Ahead>,
     },
 }
 
-/// A warm-up of the page cache running ahead of a `sendfile` body.
+/// The next chunk of a `sendfile` body, looked at ahead.
 #[cfg(target_os = "linux")]
 #[derive(Debug)]
 struct Ahead {
-    /// Where the chunk it warms starts.
+    /// Where the chunk starts.
     at: u64,
-    task: tokio::task::JoinHandle<io::Result<Option<Bytes>>>,
+    /// Its warm-up, or `None`: its pages were cached already.
+    warming: Option<tokio::task::JoinHandle<io::Result<Option<Bytes>>>>,
 }
 
 /// What makes "the same file, unchanged": the inode, its size and its modification time.
@@ -1646,12 +1648,18 @@ impl FileStream {
                 },
                 #[cfg(target_os = "linux")]
                 Source::SendFile { file, ahead, .. } => {
-                    // This chunk's warm-up, started ahead: wait for it, not for another.
+                    // This chunk, looked at when the last one went out: its warm-up to wait
+                    // for, or its pages found cached then (not asked about again).
                     if let Some(ahead) = ahead.take()
                         && ahead.at == self.offset
                     {
-                        self.pending = Some(ahead.task);
-                        continue;
+                        match ahead.warming {
+                            Some(warming) => {
+                                self.pending = Some(warming);
+                                continue;
+                            }
+                            None => return Poll::Ready(Ok(self.stand_in(want))),
+                        }
                     }
                     if cached_nowait(file, self.offset, want) {
                         return Poll::Ready(Ok(self.stand_in(want)));
@@ -1676,8 +1684,9 @@ impl FileStream {
         bytes
     }
 
-    /// The stand-in for the next `want` bytes, whose pages are cached; and, if the chunk
-    /// after it is not, its warm-up started in the blocking pool meanwhile.
+    /// The stand-in for the next `want` bytes, whose pages are cached; and a look at the
+    /// chunk after it, whose warm-up, if it is not cached, starts in the blocking pool
+    /// meanwhile.
     #[cfg(target_os = "linux")]
     fn stand_in(&mut self, want: usize) -> Bytes {
         let Source::SendFile { file, sf, ahead } = &mut self.source else {
@@ -1689,12 +1698,10 @@ impl FileStream {
             self.remaining - chunk.len() as u64,
         );
         let next = rest.min(self.chunk as u64) as usize;
-        if next > 0 && !cached_nowait(file, at, next) {
-            *ahead = Some(Ahead {
-                at,
-                task: warm_in_pool(file, at, next),
-            });
-        }
+        *ahead = (next > 0).then(|| Ahead {
+            at,
+            warming: (!cached_nowait(file, at, next)).then(|| warm_in_pool(file, at, next)),
+        });
         self.advance(chunk)
     }
 

@@ -12,9 +12,10 @@
 //! request the shortcut declines, goes to hyper and the service. A request the shortcut could
 //! have taken but has no answer for (a file not cached yet, say) is given to hyper alone, and
 //! the connection comes back to the shortcut once its response is written (up to eight such
-//! requests in a row); anything else hands hyper the rest of the connection. The connection's lifecycle is the same either way: its
-//! timeouts (the reads and writes go through the same timed socket), `Connection: close`
-//! while draining, the cork that sends the last response's tail with the FIN, its slot.
+//! requests in a row); anything else hands hyper the rest of the connection. The
+//! connection's lifecycle is the same either way: its timeouts (the reads and writes go
+//! through the same timed socket), `Connection: close` while draining, the cork that sends
+//! the last response's tail with the FIN, its slot.
 
 use std::io;
 use std::pin::Pin;
